@@ -1,0 +1,292 @@
+"""The checks a learner runs first (notebook 00), and the start of every notebook.
+
+``report()`` answers the questions that decide whether the course will run here: are the
+packages new enough, which Keras backend is active, is there a GPU (and how to get one), is
+there enough disk and memory for full mode, which assets are present, and which mode the
+course will run in. Each answer is a :class:`Check` with advice when something is off.
+
+``start(MODE, seed)`` is the one call at the top of each notebook: it resolves the mode,
+seeds every random generator and, in quick mode, builds the synthetic world if it is missing.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from . import paths
+
+# What full mode needs: the tarball (~0.5 GB) + the caffemodel (0.58 GB) + the converted
+# .keras (0.55 GB) + Adience's aligned faces (~1.2 GB unpacked) + feature caches and models.
+FULL_MODE_DISK_GB = 6.0
+FULL_MODE_MEMORY_GB = 8.0
+
+GPU_ADVICE = {
+    "colab": "Colab: Runtime > Change runtime type > Hardware accelerator: T4 GPU, then run the notebook again.",
+    "local": (
+        "No GPU found: quick mode runs fine on a CPU; full mode fine-tuning needs a GPU "
+        "(Colab's free T4, or a local NVIDIA GPU with `pip install tensorflow[and-cuda]`)."
+    ),
+}
+
+# Import names that differ from the distribution names in requirements.txt.
+_IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL", "jupyterlab": None, "ipykernel": None}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "fail"
+    found: str
+    needed: str = ""
+    advice: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def requirement_floors(requirements: str | os.PathLike | None = None) -> dict[str, str]:
+    """``{distribution: minimum version}`` read from requirements.txt (the one source of floors)."""
+    path = Path(requirements) if requirements else paths.REPO_ROOT / "requirements.txt"
+    floors = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*(?:(>=|~=|==)\s*([0-9][^,;\s]*))?.*", line)
+        if not m:
+            raise ValueError(f"{path}:{lineno}: cannot read requirement {raw!r} (expected 'name>=version')")
+        floors[m.group(1).lower()] = m.group(3) or "0"
+    return floors
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'2.16.1' -> (2, 16, 1); pre-release and local tags ('2.17.0rc1', '2.4.1+cu121') are cut."""
+    parts = []
+    for piece in re.split(r"[.+]", version):
+        m = re.match(r"\d+", piece)
+        if not m:
+            break
+        parts.append(int(m.group()))
+        if m.group() != piece:
+            break
+    return tuple(parts)
+
+
+def check_versions(floors: dict[str, str] | None = None) -> list[Check]:
+    floors = requirement_floors() if floors is None else floors
+    checks = [
+        Check(
+            "python",
+            "ok" if sys.version_info >= (3, 9) else "fail",
+            sys.version.split()[0],
+            ">=3.9",
+            "" if sys.version_info >= (3, 9) else "Install Python 3.11 (see environment.yml).",
+        )
+    ]
+    for dist, floor in floors.items():
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            checks.append(Check(dist, "fail", "missing", f">={floor}", f"pip install '{dist}>={floor}'"))
+            continue
+        ok = version_tuple(found) >= version_tuple(floor)
+        advice = "" if ok else f"pip install --upgrade '{dist}>={floor}'"
+        checks.append(Check(dist, "ok" if ok else "fail", found, f">={floor}", advice))
+    return checks
+
+
+def missing_requirements(floors: dict[str, str] | None = None) -> list[str]:
+    """Requirement strings for packages that are missing or older than their floor."""
+    return [f"{c.name}{c.needed}" for c in check_versions(floors)[1:] if not c.ok]
+
+
+def install_missing(floors: dict[str, str] | None = None, run=subprocess.run) -> list[str]:
+    """pip-install only what is missing or too old (Colab's preinstalled packages stay as they are)."""
+    todo = missing_requirements(floors)
+    if todo:
+        print("Installing:", " ".join(todo))
+        run([sys.executable, "-m", "pip", "install", "-q", *todo], check=True)
+    else:
+        print("All required packages are present.")
+    return todo
+
+
+def check_backend() -> Check:
+    backend = os.environ.get("KERAS_BACKEND")
+    try:
+        import keras
+
+        backend = keras.backend.backend()
+    except Exception as exc:  # keras missing or broken: the version check says which
+        return Check("keras backend", "fail", f"keras not importable ({exc.__class__.__name__})", "tensorflow")
+    ok = backend == "tensorflow"
+    advice = "" if ok else "The course's input pipeline is tf.data: set KERAS_BACKEND=tensorflow before importing keras."
+    return Check("keras backend", "ok" if ok else "fail", backend, "tensorflow", advice)
+
+
+def gpu_names() -> list[str]:
+    try:
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    except Exception:
+        return []
+
+
+def check_gpu(names: list[str] | None = None, colab: bool | None = None) -> Check:
+    names = gpu_names() if names is None else names
+    colab = paths.in_colab() if colab is None else colab
+    if names:
+        return Check("GPU", "ok", ", ".join(names), "a GPU for full mode")
+    return Check("GPU", "warn", "none", "a GPU for full mode", GPU_ADVICE["colab" if colab else "local"])
+
+
+def check_disk(path: str | os.PathLike | None = None, need_gb: float = FULL_MODE_DISK_GB) -> Check:
+    path = Path(path) if path else paths.assets_home()
+    while not path.exists():
+        path = path.parent
+    free_gb = shutil.disk_usage(path).free / 1e9
+    ok = free_gb >= need_gb
+    advice = "" if ok else f"Full mode needs about {need_gb:.0f} GB under {path}: free space or set COURSE_HOME to a bigger disk."
+    return Check("free disk", "ok" if ok else "warn", f"{free_gb:.1f} GB", f">={need_gb:.0f} GB for full mode", advice)
+
+
+def total_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return float("nan")
+
+
+def check_memory(need_gb: float = FULL_MODE_MEMORY_GB, total_gb: float | None = None) -> Check:
+    total = total_memory_gb() if total_gb is None else total_gb
+    ok = total >= need_gb
+    advice = "" if ok else "Full mode may run out of memory: lower BATCH_SIZE in the parameters cell, or use Colab."
+    return Check("memory", "ok" if ok else "warn", f"{total:.1f} GB", f">={need_gb:.0f} GB for full mode", advice)
+
+
+def check_assets() -> list[Check]:
+    checks = []
+    missing = paths.missing_full_assets()
+    by_what: dict[str, list] = {}
+    for what, where, how in missing:
+        by_what.setdefault(what, []).append((where, how))
+    for what in ("VGG-Face Caffe release", "Adience faces and folds"):
+        if what in by_what:
+            where, how = by_what[what][0]
+            found = f"missing ({len(by_what[what])} file(s), e.g. {where})"
+            checks.append(Check(what, "warn", found, "for full mode", how))
+        else:
+            checks.append(Check(what, "ok", "present", "for full mode"))
+    quick = paths.assets_for("quick")
+    built = quick.caffemodel.is_file() and all(f.is_file() for f in quick.fold_files)
+    checks.append(
+        Check(
+            "synthetic world",
+            "ok" if built else "warn",
+            "built" if built else "not built yet",
+            "for quick mode",
+            "" if built else "Built on first use (about 3 minutes), or now: python -m helpers.synthetic",
+        )
+    )
+    return checks
+
+
+def report() -> list[Check]:
+    mode, why = paths.resolve_mode()
+    return [
+        *check_versions(),
+        check_backend(),
+        check_gpu(),
+        check_disk(),
+        check_memory(),
+        *check_assets(),
+        Check("course mode", "ok", mode, "", why),
+    ]
+
+
+def format_report(checks: list[Check]) -> str:
+    marks = {"ok": "✓", "warn": "!", "fail": "✗"}
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        line = f"{marks[c.status]} {c.name:<{width}}  {c.found}"
+        if c.needed:
+            line += f"  (needed: {c.needed})"
+        lines.append(line)
+        if c.advice and not c.ok:
+            lines.append(f"  {'':<{width}}  → {c.advice}")
+    return "\n".join(lines)
+
+
+def versions_line() -> str:
+    """One line for the top of a notebook: versions, backend, GPU, with advice when needed."""
+    checks = check_versions()
+    picked = {c.name: c for c in checks if c.name in ("python", "tensorflow", "keras")}
+    parts = [f"{name} {c.found}" for name, c in picked.items()]
+    gpu = check_gpu()
+    parts.append(f"backend {check_backend().found}")
+    parts.append(f"GPU: {gpu.found}")
+    line = " · ".join(parts)
+    problems = [c for c in checks if not c.ok]
+    for c in problems:
+        line += f"\n✗ {c.name} {c.found} (needed {c.needed}) → {c.advice}"
+    if not gpu.ok:
+        line += f"\n! {gpu.advice}"
+    return line
+
+
+def set_seeds(seed: int = 42) -> None:
+    """Seed Python, NumPy and Keras (which seeds TensorFlow): runs on a CPU repeat exactly."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import numpy as np
+
+    np.random.seed(seed)
+    try:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    except ImportError:
+        pass
+
+
+def start(mode: str | None = "auto", seed: int = 42, build_quick_world: bool = True):
+    """Resolve the mode, seed everything, and make sure the mode's assets are there.
+
+    Returns ``(mode, assets)``. The mode is exported as ``COURSE_MODE`` for this process so
+    that every helper (results, caches) agrees with the notebook.
+    """
+    mode, why = paths.resolve_mode(mode)
+    os.environ[paths.ENV_MODE] = mode
+    print(why)
+    set_seeds(seed)
+    assets = paths.assets_for(mode)
+    if mode == "quick" and build_quick_world:
+        from . import synthetic  # only quick mode needs the renderer and the pretraining
+
+        synthetic.ensure_built()
+    elif mode == "full":
+        missing = paths.missing_full_assets()
+        if missing:
+            lines = "\n".join(f"  - {what}: {where}\n    {how}" for what, where, how in missing)
+            raise FileNotFoundError(f"full mode needs assets that are missing:\n{lines}")
+    return mode, assets
+
+
+def main() -> int:
+    checks = report()
+    print(format_report(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
