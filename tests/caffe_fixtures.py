@@ -1,0 +1,126 @@
+"""Test support: tiny VGG-Face-shaped Caffe nets with seeded random weights.
+
+The topology and layer names are VGG-Face's exactly (``conv1_1`` ... ``conv5_3`` with their
+ReLUs applied in place, ``pool1`` ... ``pool5`` MAX 2x2 stride 2, ``fc6``/``relu6``/``drop6``,
+``fc7``/``relu7``/``drop7``, ``fc8``, ``prob``); only the widths and the input size shrink so
+that tests run in milliseconds. Other test modules import these (e.g. the Keras conversion
+tests compare against OpenCV's reading of the same files)::
+
+    from tests.caffe_fixtures import write_tiny_vgg, random_blobs, tiny_vgg_netspec
+    proto, model = write_tiny_vgg(tmp_path, seed=0)
+
+Blobs come in Caffe's natural layouts: conv weights ``(out, in, kh, kw)``, fc weights
+``(out, in)`` (``in`` flattened from ``(C, H, W)`` in Caffe's C-major order), biases ``(out,)``.
+A file written with ``legacy_dims=True`` reads back 4D: fc ``(1, 1, out, in)``, bias
+``(1, 1, 1, out)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from helpers.caffe_format import (
+    CaffeLayerBlobs,
+    LayerSpec,
+    NetSpec,
+    write_caffemodel,
+    write_prototxt,
+)
+
+VGG_BLOCKS = (2, 2, 3, 3, 3)  # convolutions per block in VGG-16 / VGG-Face
+FULL_WIDTHS = (64, 128, 256, 512, 512)
+FULL_FC = (4096, 4096)
+FULL_CLASSES = 2622
+
+
+def tiny_vgg_netspec(widths=(4, 8, 8, 16, 16), fc=(32, 32), classes=10, hw=(32, 32),
+                     channels=3, batch=1, name="VGG_FACE_16_layers") -> NetSpec:
+    """A VGG-Face-shaped :class:`NetSpec`; ``hw`` must be divisible by 32 (five 2x2 pools)."""
+    if len(widths) != 5 or len(fc) != 2:
+        raise ValueError(f"expected 5 block widths and 2 fc sizes, got {widths} and {fc}")
+    h, w = hw
+    if h % 32 or w % 32 or h <= 0 or w <= 0:
+        raise ValueError(f"hw={hw}: both sides must be positive multiples of 32 (five 2x2 pools)")
+    layers: list[LayerSpec] = []
+
+    def add(lname, ltype, bottom, top, params=None):
+        layers.append(LayerSpec(name=lname, type=ltype, bottoms=[bottom], tops=[top],
+                                params=params or {}, line=0))
+
+    prev = "data"
+    for block, (n_conv, width) in enumerate(zip(VGG_BLOCKS, widths), start=1):
+        for i in range(1, n_conv + 1):
+            conv = f"conv{block}_{i}"
+            add(conv, "Convolution", prev, conv, {"num_output": int(width), "pad": 1, "kernel_size": 3})
+            add(f"relu{block}_{i}", "ReLU", conv, conv)
+            prev = conv
+        add(f"pool{block}", "Pooling", prev, f"pool{block}", {"pool": "MAX", "kernel_size": 2, "stride": 2})
+        prev = f"pool{block}"
+    for k, units in zip((6, 7), fc):
+        add(f"fc{k}", "InnerProduct", prev, f"fc{k}", {"num_output": int(units)})
+        add(f"relu{k}", "ReLU", f"fc{k}", f"fc{k}")
+        add(f"drop{k}", "Dropout", f"fc{k}", f"fc{k}", {"dropout_ratio": 0.5})
+        prev = f"fc{k}"
+    add("fc8", "InnerProduct", prev, "fc8", {"num_output": int(classes)})
+    add("prob", "Softmax", "fc8", "prob")
+    return NetSpec(name=name, input_name="data", input_shape=(batch, channels, h, w),
+                   layers=layers, skipped=[], source="<tiny_vgg_netspec>")
+
+
+def blob_shapes(net: NetSpec) -> dict[str, list[tuple[int, ...]]]:
+    """Natural Caffe blob shapes of every layer of a plain conv/pool/fc chain (``[]`` when
+    the layer has no parameters)."""
+    _, c, h, w = net.input_shape
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    flat = None
+    for layer in net.layers:
+        p = layer.params
+        if layer.type == "Convolution":
+            k, pad, out = int(p["kernel_size"]), int(p.get("pad", 0)), int(p["num_output"])
+            stride = int(p.get("stride", 1))
+            shapes[layer.name] = [(out, c, k, k), (out,)]
+            c, h, w = out, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        elif layer.type == "Pooling":
+            k, s = int(p["kernel_size"]), int(p.get("stride", 1))
+            shapes[layer.name] = []
+            h, w = -(-(h - k) // s) + 1, -(-(w - k) // s) + 1  # Caffe pools with ceil
+        elif layer.type == "InnerProduct":
+            fan_in = flat if flat is not None else c * h * w
+            out = int(p["num_output"])
+            shapes[layer.name] = [(out, fan_in), (out,)]
+            flat = out
+        else:
+            shapes[layer.name] = []
+    return shapes
+
+
+def random_blobs(net: NetSpec, seed: int = 0) -> list[CaffeLayerBlobs]:
+    """Seeded He-scaled weights and small non-zero biases for every layer of ``net`` (layers
+    without parameters get ``blobs=[]``, as in a real caffemodel)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for layer in net.layers:
+        blobs = []
+        for shape in blob_shapes(net)[layer.name]:
+            if len(shape) == 1:
+                blobs.append((0.1 * rng.standard_normal(shape)).astype(np.float32))
+            else:
+                fan_in = int(np.prod(shape[1:]))
+                blobs.append((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
+        out.append(CaffeLayerBlobs(name=layer.name, type=layer.type, blobs=blobs,
+                                   bottoms=list(layer.bottoms), tops=list(layer.tops)))
+    return out
+
+
+def write_tiny_vgg(tmp_dir, *, widths=(4, 8, 8, 16, 16), fc=(32, 32), classes=10, hw=(32, 32),
+                   seed=0, syntax="v1", format="v1", legacy_dims=True, packed=True,
+                   stem="VGG_FACE") -> tuple[Path, Path]:
+    """Write ``<stem>_deploy.prototxt`` and ``<stem>.caffemodel`` into ``tmp_dir``; the
+    weights are ``random_blobs(tiny_vgg_netspec(...), seed)``."""
+    tmp_dir = Path(tmp_dir)
+    net = tiny_vgg_netspec(widths=widths, fc=fc, classes=classes, hw=hw)
+    proto = write_prototxt(tmp_dir / f"{stem}_deploy.prototxt", net, syntax=syntax)
+    model = write_caffemodel(tmp_dir / f"{stem}.caffemodel", random_blobs(net, seed), format=format,
+                             legacy_dims=legacy_dims, packed=packed, name=net.name)
+    return proto, model
