@@ -3,8 +3,13 @@
 The notebooks in ``notebooks/`` tell the story; this package does the work. Each module has
 one job (see ``helpers/README.md`` for the map) and its own tests in ``tests/``.
 
-Importing ``helpers`` is cheap: TensorFlow and Keras load only when a module that needs them
-is imported. ``helpers.vggface`` registers the custom Keras layers so that
-``keras.saving.load_model`` restores converted models.
+Importing ``helpers`` loads Keras (a few seconds), because ``helpers.vggface`` must register
+the course's custom Keras layers before ``keras.saving.load_model`` can restore a converted
+model. TensorFlow-heavy modules (pipelines, training) still load only when imported.
 """
 __version__ = "0.1.0"
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from . import vggface  # registers the custom layers for keras.saving.load_model  # noqa: E402

@@ -1,0 +1,282 @@
+"""Tests for helpers.finetune: head replacement, freezing, head on features, two stages, resume."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import convert, finetune, vggface
+from helpers.finetune import FreezePlan
+
+HW = (32, 32)
+
+
+def tiny_vggface(seed: int = 0) -> keras.Model:
+    """A VGG-Face-shaped network (Caffe names, preprocessing inside), 4..8 channels wide."""
+    keras.utils.set_random_seed(seed)
+    net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=HW)
+    return convert.build_keras_model(net)
+
+
+def gender_model(seed: int = 0) -> keras.Model:
+    return vggface.replace_head(tiny_vggface(seed), class_names=("m", "f"), seed=seed)
+
+
+def toy_faces(n: int = 48, seed: int = 0):
+    """Images whose class shows in their brightness, so a few epochs learn something."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype("int32")
+    images = rng.uniform(0, 255, size=(n, *HW, 3)).astype("float32")
+    images[labels == 1] = np.clip(images[labels == 1] * 0.4 + 150, 0, 255)
+    return images, labels
+
+
+def dataset(images, labels, batch_size=16):
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+
+
+def weights_of(model, name):
+    return [np.array(w) for w in model.get_layer(name).get_weights()]
+
+
+# ----------------------------------------------------------------------------- groups and plans
+
+def test_layer_groups_split_the_head_off_the_classifier():
+    groups = finetune.layer_groups(tiny_vggface())
+    assert list(groups) == ["block1", "block2", "block3", "block4", "block5", "fc", "head"]
+    assert groups["block3"] == ["conv3_1", "conv3_2", "conv3_3"]
+    assert groups["fc"] == ["fc6", "fc7"] and groups["head"] == ["fc8"]
+
+
+def test_plan_from_block_trains_everything_from_that_group_up():
+    model = tiny_vggface()
+    assert FreezePlan.from_block(model, 1).trainable == set(finetune.weighted_layers(model))
+    last = FreezePlan.from_block(model, "block5")
+    assert last.trainable == {"conv5_1", "conv5_2", "conv5_3", "fc6", "fc7", "fc8"}
+    assert FreezePlan.from_block(model, 7).trainable == {"fc8"} == FreezePlan.head_only(model).trainable
+    assert last.block_index(model) == 5
+    assert FreezePlan(trainable={"fc8", "conv1_1"}).block_index(model) is None
+    with pytest.raises(ValueError, match="out of range 1..7"):
+        FreezePlan.from_block(model, 8)
+    with pytest.raises(ValueError, match="unknown layer group 'block9'"):
+        FreezePlan.from_block(model, "block9")
+
+
+def test_plan_rejects_bad_values_and_unknown_layers():
+    with pytest.raises(ValueError, match="finetune_lr"):
+        FreezePlan(finetune_lr=0)
+    with pytest.raises(ValueError, match="head_epochs"):
+        FreezePlan(head_epochs=-1)
+    with pytest.raises(ValueError, match=r"\['fc9'\]"):
+        finetune.apply_freeze_plan(tiny_vggface(), FreezePlan(trainable={"fc8", "fc9"}))
+
+
+def test_trainable_counts_match_the_layers_parameters():
+    model = tiny_vggface()
+    plan = FreezePlan.from_block(model, "fc")
+    counts = finetune.trainable_counts(model, plan)
+    fc = sum(model.get_layer(n).count_params() for n in ("fc6", "fc7", "fc8"))
+    assert counts == {"trainable": fc, "frozen": model.count_params() - fc, "total": model.count_params()}
+
+
+def test_memory_estimate_grows_with_what_trains_and_with_the_batch():
+    model = tiny_vggface()
+    head = finetune.estimate_training_memory(model, FreezePlan.head_only(model), batch_size=8)
+    everything = finetune.estimate_training_memory(model, FreezePlan.from_block(model, 1), batch_size=8)
+    assert head.weights == everything.weights == model.count_params() * 4
+    assert head.gradients == model.get_layer("fc8").count_params() * 4
+    assert everything.optimizer == 2 * everything.gradients
+    assert everything.activations > 3 * head.activations
+    bigger = finetune.estimate_training_memory(model, FreezePlan.from_block(model, 1), batch_size=16)
+    assert bigger.activations == 2 * everything.activations
+    assert "MiB" in str(everything) or "KiB" in str(everything)
+
+
+# ----------------------------------------------------------------------------- freezing in training
+
+def test_freezing_keeps_dropout_active_in_training_and_off_in_inference():
+    model = gender_model()
+    finetune.apply_freeze_plan(model, FreezePlan.head_only(model))
+    logits = finetune.logits_model(model)
+    images, _ = toy_faces(4)
+    train_a = np.asarray(logits(images, training=True))
+    train_b = np.asarray(logits(images, training=True))
+    assert not np.allclose(train_a, train_b), "dropout in fc6/fc7 switched off by freezing"
+    infer_a, infer_b = np.asarray(logits(images, training=False)), np.asarray(logits(images, training=False))
+    np.testing.assert_array_equal(infer_a, infer_b)
+
+
+# ----------------------------------------------------------------------------- head on features
+
+def test_head_on_cached_features_gives_the_full_models_logits():
+    base = tiny_vggface(seed=1)
+    images, labels = toy_faces(24, seed=1)
+    features = np.asarray(vggface.feature_model(base, "fc7").predict(images, verbose=0))
+    run = finetune.train_head_on_features(features, labels, epochs=2, batch_size=8, seed=3)
+    model = finetune.assemble_gender_model(base, run.head)
+    assert vggface.class_names(model) == ["m", "f"]
+    for layer in base.layers:  # every weight but the head is the converted model's own
+        if layer.weights and layer.name != "fc8":
+            assert model.get_layer(layer.name) is layer
+    assert model.get_layer("fc8").units == 2 and base.get_layer("fc8").units == 5
+    full_logits = np.asarray(finetune.logits_model(model).predict(images, verbose=0))
+    head_logits = np.asarray(finetune.logits_model(run.head).predict(features, verbose=0))
+    np.testing.assert_allclose(full_logits, head_logits, atol=1e-4)
+    # and the probabilities (the saved model's output) agree too
+    np.testing.assert_allclose(model.predict(images, verbose=0), run.head.predict(features, verbose=0), atol=1e-5)
+
+
+def test_head_training_curve_starts_with_the_random_head_and_learns():
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 2
+    features = rng.normal(size=(200, 16)).astype("float32") + labels[:, None] * 1.5
+    test = (features[:50] + 0.01, labels[:50])
+    run = finetune.train_head_on_features(features, labels, eval_sets={"test": test}, epochs=5,
+                                          batch_size=16, learning_rate=1e-2, seed=0)
+    assert list(run.curve["epoch"]) == [0, 1, 2, 3, 4, 5]
+    assert set(run.curve.columns) == {"epoch", "train_accuracy", "test_accuracy"}
+    assert run.curve["train_accuracy"].iloc[-1] > 0.9
+    assert run.curve["test_accuracy"].iloc[-1] > run.curve["test_accuracy"].iloc[0]
+    assert len(run.epoch_seconds) == 5 and run.seconds_per_epoch > 0
+
+
+def test_head_training_rejects_bad_inputs():
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        finetune.train_head_on_features(np.zeros((4, 2, 2)), np.zeros(4), epochs=1)
+    with pytest.raises(ValueError, match="4 feature rows but 3 labels"):
+        finetune.train_head_on_features(np.zeros((4, 2)), np.zeros(3), epochs=1)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..1"):
+        finetune.train_head_on_features(np.zeros((4, 2)), np.array([0, 1, 2, 0]), epochs=1)
+
+
+def test_copy_head_weights_names_both_shapes_on_mismatch():
+    three = finetune.build_head(16, ("m", "f", "u"))
+    with pytest.raises(ValueError, match=r"\(16, 3\).*\(16, 2\)"):
+        finetune.copy_head_weights(three, gender_model())
+
+
+# ----------------------------------------------------------------------------- two stages
+
+def test_two_stage_schedule_trains_head_then_the_plan_frozen_layers_bit_identical(tmp_path):
+    finetune.set_seeds(0)
+    model = gender_model()
+    images, labels = toy_faces(32)
+    train, val = dataset(images, labels), dataset(images[:16], labels[:16])
+    plan = FreezePlan.from_block(model, "block5", head_epochs=2, finetune_epochs=2, head_lr=1e-2)
+    conv1, conv4, conv5 = weights_of(model, "conv1_1"), weights_of(model, "conv4_3"), weights_of(model, "conv5_1")
+    fc8 = weights_of(model, "fc8")
+
+    run = finetune.train_two_stage(model, train, val, plan, run_dir=tmp_path / "run",
+                                   eval_sets={"val": val}, tensorboard=False, verbose=0)
+    assert [s.name for s in run.stages] == ["head", "finetune"]
+    assert run.stages[0].trainable == ["fc8"] and run.stages[0].epochs_run == 2
+    assert set(run.stages[1].trainable) == plan.trainable and run.stages[1].learning_rate == 1e-4
+    assert list(run.history["epoch"]) == [0, 1, 2, 3]
+    assert list(run.curve["epoch"]) == [0, 1, 2, 3, 4]
+    after_head = gender_model(seed=9)
+    after_head.load_weights(tmp_path / "run" / "head.weights.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(conv5, weights_of(after_head, "conv5_1")))
+    assert not np.array_equal(fc8[0], weights_of(after_head, "fc8")[0])
+    assert all(np.array_equal(a, b) for a, b in zip(conv1, weights_of(model, "conv1_1")))
+    assert all(np.array_equal(a, b) for a, b in zip(conv4, weights_of(model, "conv4_3")))  # frozen, just below
+    assert not np.array_equal(conv5[0], weights_of(model, "conv5_1")[0])
+    assert not np.array_equal(fc8[0], weights_of(model, "fc8")[0])
+    assert run.best_path.is_file()
+    best = keras.saving.load_model(run.best_path)
+    assert vggface.class_names(best) == ["m", "f"]
+    assert run.history["val_accuracy"].max() == pytest.approx(
+        finetune.accuracy(best, val, 16), abs=1e-6)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert set(stages) == {"head", "finetune"}
+    # a rerun of the finished schedule trains nothing and restores the final weights
+    fresh = gender_model(seed=5)
+    again = finetune.train_two_stage(fresh, train, val, plan, run_dir=tmp_path / "run", tensorboard=False, verbose=0)
+    assert [s.epoch_seconds for s in again.stages] == [s.epoch_seconds for s in run.stages]
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stage_time_estimate_leaves_the_model_untouched():
+    model = gender_model()
+    images, labels = toy_faces(8)
+    before = model.get_weights()
+    seconds = finetune.estimate_stage_seconds(model, images, labels, trainable=["fc7", "fc8"],
+                                              steps_per_epoch=10, timed_steps=1)
+    assert 0 < seconds < 60
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert model.get_layer("conv1_1").trainable  # the copy was frozen, not the model
+
+
+def test_best_score_of_a_run_that_never_finished_an_epoch_is_none(tmp_path):
+    assert finetune.best_score(tmp_path) is None
+    (tmp_path / "training_log.csv").write_text("")  # what CSVLogger leaves when interrupted in epoch 0
+    assert finetune.best_score(tmp_path) is None
+    (tmp_path / "training_log.csv").write_text("epoch,val_accuracy\n0,0.5\n1,0.75\n")
+    assert finetune.best_score(tmp_path) == 0.75
+
+
+def test_run_directory_changes_with_the_settings(tmp_path):
+    a = finetune.run_directory(tmp_path, "last_block", lr=1e-4, epochs=3)
+    assert a == finetune.run_directory(tmp_path, "last_block", epochs=3, lr=1e-4)
+    assert a != finetune.run_directory(tmp_path, "last_block", lr=1e-5, epochs=3)
+    assert a.parent == tmp_path and a.name.startswith("last_block-")
+
+
+# ----------------------------------------------------------------------------- resume
+
+class InterruptAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated disconnect at epoch {epoch}")
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    images, labels = toy_faces(24)
+
+    def train(run_dir, extra=()):
+        finetune.set_seeds(0)
+        model = gender_model(seed=0)
+        plan = FreezePlan(trainable={"conv5_3", "fc6", "fc7", "fc8"}, head_lr=1e-2, finetune_lr=1e-2,
+                          head_epochs=2, finetune_epochs=2)
+        run = finetune.train_two_stage(model, dataset(images, labels, 8), dataset(images[:8], labels[:8]), plan,
+                                       run_dir=run_dir, patience=10, tensorboard=False,
+                                       extra_callbacks=extra, verbose=0)
+        return model, run
+
+    reference, _ = train(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):  # a disconnect in the middle of the fine-tuning stage
+        train(tmp_path / "cut", extra=[InterruptAt(3)])
+    assert (tmp_path / "cut" / "backup" / "finetune").is_dir()
+    resumed, run = train(tmp_path / "cut")
+    assert [s.epochs_run for s in run.stages] == [2, 1]  # head stage finished before; epoch 3 only
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "cut" / "backup" / "finetune").exists()
+    assert list(run.history["epoch"]) == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- precision
+
+def test_mixed_precision_copy_keeps_output_layers_in_float32():
+    model = gender_model()
+    mixed = finetune.with_precision(model, "mixed_float16")
+    assert mixed.get_layer("conv3_1").compute_dtype == "float16"
+    assert mixed.get_layer("conv3_1").variable_dtype == "float32"
+    for name in finetune.FLOAT32_LAYERS:
+        assert mixed.get_layer(name).compute_dtype == "float32", name
+    images, _ = toy_faces(2)
+    out = mixed(images)
+    assert out.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(out), np.asarray(model(images)), atol=2e-2)
+    assert finetune.with_precision(model, "float32") is model

@@ -1,0 +1,87 @@
+"""Tests for helpers.widgets: the freezing panel edits a plain FreezePlan, checkboxes and slider in sync."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ipywidgets
+import keras
+import pytest
+
+from helpers import convert, finetune, vggface, widgets
+from helpers.finetune import FreezePlan
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=2, input_hw=(32, 32))
+    return convert.build_keras_model(net)
+
+
+def ticked(panel):
+    return {name for name, box in panel.checkboxes.items() if box.value}
+
+
+def test_default_panel_is_head_only_with_one_checkbox_per_weighted_layer(model):
+    panel = widgets.FreezePanel(model, batch_size=8)
+    assert isinstance(panel.widget, ipywidgets.VBox)
+    assert list(panel.checkboxes) == finetune.weighted_layers(model)
+    assert panel.plan.trainable == {"fc8"} and ticked(panel) == {"fc8"}
+    assert panel.slider.value == panel.slider.max == 7
+    assert f"{model.get_layer('fc8').count_params():,} trainable" in panel.line.value
+
+
+def test_slider_sets_the_checkboxes_and_the_plan(model):
+    panel = widgets.FreezePanel(model, batch_size=8)
+    panel.slider.value = 5
+    expected = FreezePlan.from_block(model, "block5").trainable
+    assert panel.plan.trainable == expected == ticked(panel)
+    assert panel.slider_label.value == "block5 + fc + head"
+    counts = finetune.trainable_counts(model, panel.plan)
+    assert f"{counts['trainable']:,} trainable" in panel.line.value
+    assert f"{counts['frozen']:,} frozen" in panel.line.value
+    panel.slider.value = 1
+    assert panel.plan.trainable == set(finetune.weighted_layers(model)) == ticked(panel)
+    assert panel.slider_label.value == "everything"
+
+
+def test_checkboxes_edit_the_plan_and_move_the_slider_when_they_match_a_block(model):
+    panel = widgets.FreezePanel(model, batch_size=8)
+    before = panel.line.value
+    panel.checkboxes["fc6"].value = True
+    assert panel.plan.trainable == {"fc6", "fc8"}
+    assert panel.slider.value == 7  # not a "from k up" choice: the slider stays
+    assert panel.line.value != before
+    panel.checkboxes["fc7"].value = True
+    assert panel.plan.trainable == {"fc6", "fc7", "fc8"}
+    assert panel.slider.value == 6  # now it is "fc + head"
+    assert ticked(panel) == {"fc6", "fc7", "fc8"}  # moving the slider did not rewrite the boxes
+    panel.checkboxes["conv1_1"].value = True
+    assert panel.plan.trainable == {"conv1_1", "fc6", "fc7", "fc8"}
+    assert panel.plan.block_index(model) is None
+
+
+def test_stage_controls_edit_learning_rates_and_epochs(model):
+    panel = widgets.FreezePanel(model, FreezePlan.from_block(model, "block4"), batch_size=8)
+    assert panel.slider.value == 4
+    panel.finetune_lr.value = 1e-5
+    panel.head_epochs.value = 0
+    panel.finetune_epochs.value = 7
+    assert panel.plan.finetune_lr == pytest.approx(1e-5)
+    assert panel.plan.head_epochs == 0 and panel.plan.finetune_epochs == 7
+    assert panel.plan.trainable == FreezePlan.from_block(model, "block4").trainable
+
+
+def test_memory_in_the_live_line_follows_the_batch_size(model):
+    plan = FreezePlan.from_block(model, 1)
+    small = widgets.FreezePanel(model, plan, batch_size=1)
+    large = widgets.FreezePanel(model, plan, batch_size=64)
+    assert str(finetune.estimate_training_memory(model, plan, 64)) in large.line.value
+    assert small.line.value != large.line.value
+
+
+def test_panel_rejects_a_plan_naming_unknown_layers(model):
+    with pytest.raises(ValueError, match="fc9"):
+        widgets.FreezePanel(model, FreezePlan(trainable={"fc9"}))
