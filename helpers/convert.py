@@ -12,6 +12,8 @@ one silently ruins the predictions if forgotten:
   its input axis is reordered.
 
 ``keras_to_caffe_blobs`` is the inverse, to publish a Keras-trained model as a caffemodel.
+The verification helpers (``reference_forward``, ``opencv_forward``, ``trap_errors``) check a
+converted model against an independent Caffe engine (notebook 01 and the tests).
 
 Command line::
 

@@ -37,3 +37,18 @@ def test_atomic_dir_replaces_a_complete_folder_only(tmp_path):
 def test_write_json_atomic(tmp_path):
     p = write_json_atomic(tmp_path / "r.json", {"a": 1})
     assert p.read_text().strip().startswith("{")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os, stat
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            pass
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
