@@ -23,14 +23,12 @@ The pieces notebooks 04 and 05 (and the cross-validation of notebook 06) train w
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -621,8 +619,9 @@ def run_stage(model: keras.Model, train, val, *, name: str, trainable: Iterable[
     # the timer first, so an epoch's time is training and validation, not checkpoint writing
     callbacks = [timer, *training_callbacks(run_dir, name, patience=patience, best_value=best_value,
                                             tensorboard=tensorboard), *extra_callbacks]
+    # shuffle=False: the dataset shuffles itself (helpers.pipeline, seeded); Keras cannot shuffle one
     history = model.fit(train, validation_data=val, epochs=int(epochs), initial_epoch=int(initial_epoch),
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
     result = StageResult(name=name, trainable=trainable, learning_rate=float(learning_rate),
                          epochs_run=len(history.epoch), epoch_seconds=timer.seconds,
                          history={k: [float(v) for v in vs] for k, vs in history.history.items()},
@@ -717,18 +716,3 @@ def estimate_stage_seconds(model: keras.Model, images, labels, *, trainable: Ite
     for _ in range(int(timed_steps)):
         copy.train_on_batch(images, labels)
     return (time.perf_counter() - start) / int(timed_steps) * int(steps_per_epoch)
-
-
-@contextlib.contextmanager
-def timed() -> Iterable[Callable[[], float]]:
-    """``with timed() as elapsed: ...; elapsed()`` -> seconds since the block started."""
-    start = time.perf_counter()
-    end = None
-
-    def elapsed() -> float:
-        return (end or time.perf_counter()) - start
-
-    try:
-        yield elapsed
-    finally:
-        end = time.perf_counter()
