@@ -284,8 +284,9 @@ def scratch_fewshot(build_model: Callable[[int], object], train_images, train_la
             fresh = build_model(run_seed)
             if model is None:
                 model = fresh
+                # No XLA: compiling the training step took longer than training itself here.
                 model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                              loss="sparse_categorical_crossentropy")
+                              loss="sparse_categorical_crossentropy", jit_compile=False)
             else:
                 model.set_weights(fresh.get_weights())
                 _reset_optimizer(model.optimizer)
