@@ -5,12 +5,14 @@ lips, beard, glasses, ...) sampled from distributions that depend on gender and 
 *image* of that person varies only by nuisance (pose, lighting, colour cast, background
 clutter, noise, occasional occlusion).
 
-Gender acts through one latent per person, its *masculinity* (N(+-1.3, 1) for adults, so the
+Gender acts through one latent per person, its *masculinity* (N(+-1.6, 1) for adults, so the
 two genders overlap), which moves SHAPE and CONFIGURATION traits together (jaw squareness,
 head width, hair length and style, brow thickness and arch, lip fullness, beard, shoulder and
 neck width, earrings, eyeliner), never the colour
 distributions (skin, hair and clothing colours are drawn the same way for everyone), so that
 gender is not readable from global colour statistics: a network has to see structure. The
+colour palette is also kept narrow (and each photo's colour cast varies), so that telling
+identities apart needs shape and configuration too, which is where gender lives. The
 shift is scaled down for children (no beards, similar hair), which makes the youngest age
 groups genuinely harder, and the distributions overlap so that gender is learnable but not
 trivially so.
@@ -28,20 +30,22 @@ from PIL import Image, ImageDraw, ImageFilter
 # Adience's eight age groups, in order.
 AGE_GROUPS = ("(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)")
 # How strongly gender shows at each age (children carry fewer gender cues).
-GENDER_STRENGTH = (0.15, 0.35, 0.6, 0.9, 1.0, 1.0, 1.0, 1.0)
-MASCULINITY_SHIFT = 1.3  # adult men's and women's mean latent masculinity: +-1.3 (sd 1)
+GENDER_STRENGTH = (0.25, 0.45, 0.7, 0.95, 1.0, 1.0, 1.0, 1.0)
+MASCULINITY_SHIFT = 1.6  # adult men's and women's mean latent masculinity: +-1.6 (sd 1)
 SUPERSAMPLE = 2  # draw at 2x and downsize: cheap antialiasing
 
 HAIR_STYLES = ("sparse", "bald", "short", "medium", "long", "bun")
 # Style probabilities (same order as HAIR_STYLES) for men, women, and children before gender shows.
-_STYLE_P_MALE = np.array([0.0, 0.07, 0.66, 0.2, 0.06, 0.01])
-_STYLE_P_FEMALE = np.array([0.0, 0.0, 0.08, 0.25, 0.55, 0.12])
+_STYLE_P_MALE = np.array([0.0, 0.08, 0.74, 0.16, 0.02, 0.0])
+_STYLE_P_FEMALE = np.array([0.0, 0.0, 0.03, 0.17, 0.66, 0.14])
 _STYLE_P_NEUTRAL = np.array([0.0, 0.0, 0.4, 0.4, 0.2, 0.0])
 
 _SKIN_TONES = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96],
                         [160, 104, 70], [112, 72, 48], [80, 52, 36]], float)
-_HAIR_COLOURS = np.array([[24, 20, 18], [60, 40, 28], [105, 70, 40], [170, 130, 80],
-                          [220, 190, 120], [150, 60, 30], [90, 50, 30]], float)
+# A deliberately narrow colour palette: colour alone must not tell identities apart, so the
+# pretrained network has to learn face shape and configuration (where gender lives).
+_SKIN_RANGE = (1.0, 3.5)  # interpolation range into _SKIN_TONES
+_HAIR_COLOURS = np.array([[30, 24, 20], [62, 42, 30], [95, 64, 40], [130, 95, 60]], float)
 _IRIS_COLOURS = np.array([[60, 40, 20], [100, 70, 40], [60, 110, 170], [80, 120, 80], [40, 30, 25]], float)
 
 
@@ -95,7 +99,7 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
 
     # One latent "masculinity" per person drives every gendered trait together, so that gender
     # is a coherent axis of face variation (as in real faces) while the two genders overlap:
-    # N(+-1.3, 1) for adults, i.e. about 90% separable from the latent alone; children less.
+    # N(+-1.6, 1) for adults, i.e. about 95% separable from the latent alone; children less.
     masc = MASCULINITY_SHIFT * g + rng.normal(0, 1)
 
     def trait(shift, sd, lo=0.0, hi=1.0, base=0.5):
@@ -106,16 +110,16 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
         return 1.0 / (1.0 + math.exp(-z))
 
     # Colours: identical distributions for everyone (gender must not live in colour statistics).
-    t = rng.uniform(0, len(_SKIN_TONES) - 1)
+    t = rng.uniform(*_SKIN_RANGE)
     i = int(t)
     skin = _SKIN_TONES[i] * (1 - (t - i)) + _SKIN_TONES[min(i + 1, len(_SKIN_TONES) - 1)] * (t - i)
-    hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
+    hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.92, 1.08)
     if rng.random() < 0.75 * old:  # grey with age
         grey = rng.uniform(150, 215)
         hair = 0.35 * hair + 0.65 * np.array([grey, grey, grey])
 
     # Hair style: gendered for adults, mixed towards neutral for children; babies have sparse hair.
-    w = sigmoid(2.5 * masc)
+    w = sigmoid(3.0 * masc)
     p_gender = w * _STYLE_P_MALE + (1 - w) * _STYLE_P_FEMALE
     p = strength * p_gender + (1 - strength) * _STYLE_P_NEUTRAL
     if gender == "m" and old > 0:  # receding hair with age
@@ -128,12 +132,12 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
     adult_male = gender == "m" and age_index >= 3
     beard = "none"
     if adult_male:
-        p_beard = (0.3 if age_index == 3 else 0.75) * sigmoid(masc)
+        p_beard = (0.35 if age_index == 3 else 0.9) * sigmoid(2.0 * masc)
         if rng.random() < p_beard:
             beard = str(rng.choice(["stubble", "goatee", "full"], p=[0.4, 0.25, 0.35]))
     moustache = adult_male and (beard in ("goatee", "full") or rng.random() < 0.12)
 
-    head_w = float(np.clip(0.36 + 0.025 * masc / MASCULINITY_SHIFT + rng.normal(0, 0.01) + (0.02 if child else 0.0), 0.3, 0.46))
+    head_w = float(np.clip(0.36 + 0.04 * masc / MASCULINITY_SHIFT + rng.normal(0, 0.012) + (0.02 if child else 0.0), 0.3, 0.46))
     head_h = float(np.clip(0.47 + rng.normal(0, 0.022) - (0.03 if child else 0.0), 0.38, 0.56))
     return Person(
         gender=gender,
@@ -143,26 +147,26 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
         hair_style=style,
         head_w=head_w,
         head_h=head_h,
-        jaw_square=trait(0.22, 0.2),
+        jaw_square=trait(0.35, 0.2),
         eye_y=float(np.clip(0.47 + rng.normal(0, 0.015) + (0.03 if child else 0.0), 0.42, 0.54)),
         eye_gap=float(np.clip(0.085 + rng.normal(0, 0.008), 0.065, 0.11)),
         eye_size=trait(-0.08, 0.2) + (0.3 if child else 0.0),
         iris=tuple(float(v) for v in _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))]),
         eyeliner=float(age_index >= 3 and rng.random() < 0.55 * sigmoid(-2.5 * masc)),
-        brow_thick=trait(0.2, 0.2),
-        brow_arch=trait(-0.15, 0.2),
+        brow_thick=trait(0.35, 0.2),
+        brow_arch=trait(-0.25, 0.2),
         nose_len=trait(0.1, 0.2) - (0.25 if child else 0.0),
         nose_w=trait(0.1, 0.2),
         mouth_w=trait(0.05, 0.2),
-        lip_full=trait(-0.16, 0.2),
+        lip_full=trait(-0.25, 0.2),
         lipstick=bool(gender == "f" and age_index >= 3 and rng.random() < 0.3),
         beard=beard,
         moustache=bool(moustache),
         glasses=bool(rng.random() < 0.12 + 0.3 * old),
         glasses_colour=tuple(float(v) for v in rng.uniform(0, 120, size=3)),
         earrings=bool(rng.random() < 0.5 * strength * sigmoid(-2.5 * masc)),
-        shoulder_w=trait(0.25, 0.2),
-        neck_w=trait(0.2, 0.2),
+        shoulder_w=trait(0.35, 0.2),
+        neck_w=trait(0.3, 0.2),
         fringe=float(rng.random()),
         wrinkles=float(old * rng.uniform(0.4, 1.0)),
         masculinity=float(masc),
@@ -353,14 +357,14 @@ class Nuisance:
 def sample_nuisance(rng: np.random.Generator) -> Nuisance:
     return Nuisance(
         angle=float(rng.normal(0, 7)),
-        scale=float(rng.uniform(1.12, 1.32)),
+        scale=float(rng.uniform(1.25, 1.45)),
         shift_x=float(rng.normal(0, 0.035)),
         shift_y=float(rng.normal(0, 0.035)),
         yaw=float(rng.uniform(0.88, 1.0)),
         smile=float(rng.uniform(-0.3, 1.0)),
         gaze=float(rng.uniform(-1, 1)),
-        brightness=float(rng.uniform(0.8, 1.2)),
-        cast=tuple(float(v) for v in rng.uniform(0.88, 1.12, size=3)),
+        brightness=float(rng.uniform(0.78, 1.22)),
+        cast=tuple(float(v) for v in rng.uniform(0.85, 1.15, size=3)),
         gradient=float(rng.uniform(-0.35, 0.35)),
         noise=float(rng.uniform(0, 7)),
         occlusion=bool(rng.random() < 0.08),
