@@ -47,7 +47,7 @@ from .fileio import atomic_dir, atomic_path, write_json_atomic, write_text_atomi
 from .synthetic_faces import AGE_GROUPS, Person, render_face, sample_nuisance, sample_person
 
 # Bump when the renderer or the training recipe changes: a new version rebuilds cached worlds.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MIN_IMAGE_SIZE = 32  # five 2x2 poolings need at least 32 px to leave a 1x1 map
 ADIENCE_COLUMNS = ("user_id", "original_image", "face_id", "age", "gender", "x", "y", "dx", "dy",
                    "tilt_ang", "fiducial_yaw_angle", "fiducial_score")

@@ -11,8 +11,11 @@ head width, hair length and style, brow thickness and arch, lip fullness, beard,
 neck width, earrings, eyeliner), never the colour
 distributions (skin, hair and clothing colours are drawn the same way for everyone), so that
 gender is not readable from global colour statistics: a network has to see structure. The
-colour palette is also kept narrow (and each photo's colour cast varies), so that telling
-identities apart needs shape and configuration too, which is where gender lives. The
+traits gender does not touch (colour palette, eye placement, nose, mouth width, head height,
+glasses) vary only a little between people, and per-photo clutter and clothing are muted, so
+that gender is the leading direction of identity variation: telling people apart needs the
+gendered shape traits (each still person-specific through the latent and its own noise), and
+the identity network pretrained on these faces learns to see exactly what gender needs. The
 shift is scaled down for children (no beards, similar hair), which makes the youngest age
 groups genuinely harder, and the distributions overlap so that gender is learnable but not
 trivially so.
@@ -44,7 +47,7 @@ _SKIN_TONES = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198,
                         [160, 104, 70], [112, 72, 48], [80, 52, 36]], float)
 # A deliberately narrow colour palette: colour alone must not tell identities apart, so the
 # pretrained network has to learn face shape and configuration (where gender lives).
-_SKIN_RANGE = (1.0, 3.5)  # interpolation range into _SKIN_TONES
+_SKIN_RANGE = (1.6, 2.8)  # interpolation range into _SKIN_TONES
 _HAIR_COLOURS = np.array([[30, 24, 20], [62, 42, 30], [95, 64, 40], [130, 95, 60]], float)
 _IRIS_COLOURS = np.array([[60, 40, 20], [100, 70, 40], [60, 110, 170], [80, 120, 80], [40, 30, 25]], float)
 
@@ -106,6 +109,11 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
         # ``shift``: the trait's move per unit of masculinity (x 1/MASCULINITY_SHIFT), ``sd``: its own noise
         return float(np.clip(base + shift / MASCULINITY_SHIFT * masc + rng.normal(0, sd * 0.45), lo, hi))
 
+    def plain(sd, base=0.5):
+        # a trait gender does not touch: kept low-variance, so that telling people apart leans
+        # on the gendered traits (which then become what the identity network learns to see)
+        return float(np.clip(base + rng.normal(0, sd * 0.45), 0.0, 1.0))
+
     def sigmoid(z):
         return 1.0 / (1.0 + math.exp(-z))
 
@@ -113,7 +121,7 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
     t = rng.uniform(*_SKIN_RANGE)
     i = int(t)
     skin = _SKIN_TONES[i] * (1 - (t - i)) + _SKIN_TONES[min(i + 1, len(_SKIN_TONES) - 1)] * (t - i)
-    hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.92, 1.08)
+    hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.95, 1.05)
     if rng.random() < 0.75 * old:  # grey with age
         grey = rng.uniform(150, 215)
         hair = 0.35 * hair + 0.65 * np.array([grey, grey, grey])
@@ -137,8 +145,8 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
             beard = str(rng.choice(["stubble", "goatee", "full"], p=[0.4, 0.25, 0.35]))
     moustache = adult_male and (beard in ("goatee", "full") or rng.random() < 0.12)
 
-    head_w = float(np.clip(0.36 + 0.04 * masc / MASCULINITY_SHIFT + rng.normal(0, 0.012) + (0.02 if child else 0.0), 0.3, 0.46))
-    head_h = float(np.clip(0.47 + rng.normal(0, 0.022) - (0.03 if child else 0.0), 0.38, 0.56))
+    head_w = float(np.clip(0.36 + 0.055 * masc / MASCULINITY_SHIFT + rng.normal(0, 0.012) + (0.02 if child else 0.0), 0.3, 0.46))
+    head_h = float(np.clip(0.47 + rng.normal(0, 0.008) - (0.03 if child else 0.0), 0.38, 0.56))
     return Person(
         gender=gender,
         age_index=age_index,
@@ -147,27 +155,27 @@ def sample_person(rng: np.random.Generator, gender: str, age_index: int) -> Pers
         hair_style=style,
         head_w=head_w,
         head_h=head_h,
-        jaw_square=trait(0.35, 0.2),
-        eye_y=float(np.clip(0.47 + rng.normal(0, 0.015) + (0.03 if child else 0.0), 0.42, 0.54)),
-        eye_gap=float(np.clip(0.085 + rng.normal(0, 0.008), 0.065, 0.11)),
-        eye_size=trait(-0.08, 0.2) + (0.3 if child else 0.0),
+        jaw_square=trait(0.45, 0.2),
+        eye_y=float(np.clip(0.47 + rng.normal(0, 0.005) + (0.03 if child else 0.0), 0.42, 0.54)),
+        eye_gap=float(np.clip(0.085 + rng.normal(0, 0.003), 0.065, 0.11)),
+        eye_size=trait(-0.08, 0.08) + (0.3 if child else 0.0),
         iris=tuple(float(v) for v in _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))]),
         eyeliner=float(age_index >= 3 and rng.random() < 0.55 * sigmoid(-2.5 * masc)),
-        brow_thick=trait(0.35, 0.2),
-        brow_arch=trait(-0.25, 0.2),
-        nose_len=trait(0.1, 0.2) - (0.25 if child else 0.0),
-        nose_w=trait(0.1, 0.2),
-        mouth_w=trait(0.05, 0.2),
-        lip_full=trait(-0.25, 0.2),
+        brow_thick=trait(0.45, 0.2),
+        brow_arch=trait(-0.3, 0.2),
+        nose_len=plain(0.08) - (0.25 if child else 0.0),
+        nose_w=plain(0.08),
+        mouth_w=plain(0.08),
+        lip_full=trait(-0.3, 0.2),
         lipstick=bool(gender == "f" and age_index >= 3 and rng.random() < 0.3),
         beard=beard,
         moustache=bool(moustache),
-        glasses=bool(rng.random() < 0.12 + 0.3 * old),
+        glasses=bool(rng.random() < 0.04 + 0.15 * old),
         glasses_colour=tuple(float(v) for v in rng.uniform(0, 120, size=3)),
         earrings=bool(rng.random() < 0.5 * strength * sigmoid(-2.5 * masc)),
-        shoulder_w=trait(0.35, 0.2),
-        neck_w=trait(0.3, 0.2),
-        fringe=float(rng.random()),
+        shoulder_w=trait(0.45, 0.2),
+        neck_w=trait(0.4, 0.2),
+        fringe=float(rng.random() < 0.2 + 0.6 * strength * sigmoid(-1.5 * masc)),  # a fringe: more often women's
         wrinkles=float(old * rng.uniform(0.4, 1.0)),
         masculinity=float(masc),
     )
@@ -324,7 +332,7 @@ def _background(rng: np.random.Generator, S: int) -> Image.Image:
     base = rng.uniform(30, 225, size=3)
     img = Image.new("RGB", (S, S), _col(base))
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(0, 3))):
         x0, y0 = rng.uniform(-0.2, 1.0, size=2) * S
         w, h = rng.uniform(0.1, 0.6, size=2) * S
         colour = _col(rng.uniform(0, 255, size=3))
@@ -368,7 +376,7 @@ def sample_nuisance(rng: np.random.Generator) -> Nuisance:
         gradient=float(rng.uniform(-0.35, 0.35)),
         noise=float(rng.uniform(0, 7)),
         occlusion=bool(rng.random() < 0.08),
-        clothing=tuple(float(v) for v in rng.uniform(20, 235, size=3)),
+        clothing=tuple(float(v) for v in rng.uniform(70, 190, size=3)),
     )
 
 
