@@ -182,6 +182,14 @@ def _error_summary(exc: Exception) -> str:
     return text[-1] if text else exc.__class__.__name__
 
 
+def prepare_synthetic_world() -> None:
+    """Quick mode's assets: the synthetic world (built once) and how strong its story is."""
+    from . import synthetic
+
+    synthetic.ensure_built()
+    synthetic.story_numbers(record=True)
+
+
 def make_plan(mode: str | None, only: list[str] | None, notebooks_dir: Path | None = None) -> Plan:
     resolved, reason = paths.resolve_mode(mode)
     return Plan(resolved, reason, select(discover_notebooks(notebooks_dir), only))
@@ -235,7 +243,7 @@ def run(
         results_mod.reset(plan.mode)
     if plan.mode == "quick":
         if prepare_quick is None:
-            from .synthetic import ensure_built as prepare_quick
+            prepare_quick = prepare_synthetic_world
         t0 = time.perf_counter()
         prepare_quick()
         print(f"Synthetic world ready ({time.perf_counter() - t0:.0f} s)")

@@ -261,3 +261,32 @@ def test_ensure_built_caches_and_story_checks_record(home):
     assert recorded["synthetic.probe.fc7"] == out["probe_fc7"]
     assert recorded["synthetic.fewshot2.scratch"] == out["fewshot2_scratch"]
     assert recorded["synthetic.pretrain.identity_accuracy"] == manifest["pretrain"]["identity_accuracy_heldout"]
+
+
+def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkeypatch):
+    import json as _json
+
+    from helpers import paths, results, synthetic
+
+    monkeypatch.setenv(paths.ENV_HOME, str(tmp_path / "home"))
+    monkeypatch.setenv(results.ENV_RESULTS, str(tmp_path / "results.json"))
+    calls = []
+
+    def fake_checks(record, progress):
+        calls.append(record)
+        return {"probe_pool1": 0.6, "probe_fc7": 0.8, "fewshot5_transfer": 0.7, "fewshot5_scratch": 0.5,
+                "identity_accuracy": 0.9, "shots": 5, "run": len(calls)}
+
+    monkeypatch.setattr(synthetic, "story_checks", fake_checks)
+    with pytest.raises(FileNotFoundError, match="no synthetic world"):
+        synthetic.story_numbers()
+    synthetic.manifest_path().parent.mkdir(parents=True)
+    synthetic.manifest_path().write_text('{"build": 1}')
+    first = synthetic.story_numbers(progress=False)
+    again = synthetic.story_numbers(progress=False)
+    assert calls == [False] and again == first  # cached: measured once, recorded by story_numbers itself
+    stored = results.load()["results"]
+    assert stored["synthetic.probe.fc7"] == 0.8 and stored["synthetic.fewshot5.scratch"] == 0.5
+    synthetic.manifest_path().write_text('{"build": 2}')  # a rebuilt world is measured again
+    assert synthetic.story_numbers(progress=False)["run"] == 2
+    assert _json.loads(synthetic.story_path().read_text())["story"]["run"] == 2
