@@ -16,19 +16,19 @@ A file written with ``legacy_dims=True`` reads back 4D: fc ``(1, 1, out, in)``, 
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from helpers.caffe_format import (
     CaffeLayerBlobs,
-    LayerSpec,
     NetSpec,
     write_caffemodel,
     write_prototxt,
 )
+from helpers.vggface import vggface_netspec
 
-VGG_BLOCKS = (2, 2, 3, 3, 3)  # convolutions per block in VGG-16 / VGG-Face
 FULL_WIDTHS = (64, 128, 256, 512, 512)
 FULL_FC = (4096, 4096)
 FULL_CLASSES = 2622
@@ -42,30 +42,10 @@ def tiny_vgg_netspec(widths=(4, 8, 8, 16, 16), fc=(32, 32), classes=10, hw=(32, 
     h, w = hw
     if h % 32 or w % 32 or h <= 0 or w <= 0:
         raise ValueError(f"hw={hw}: both sides must be positive multiples of 32 (five 2x2 pools)")
-    layers: list[LayerSpec] = []
-
-    def add(lname, ltype, bottom, top, params=None):
-        layers.append(LayerSpec(name=lname, type=ltype, bottoms=[bottom], tops=[top],
-                                params=params or {}, line=0))
-
-    prev = "data"
-    for block, (n_conv, width) in enumerate(zip(VGG_BLOCKS, widths), start=1):
-        for i in range(1, n_conv + 1):
-            conv = f"conv{block}_{i}"
-            add(conv, "Convolution", prev, conv, {"num_output": int(width), "pad": 1, "kernel_size": 3})
-            add(f"relu{block}_{i}", "ReLU", conv, conv)
-            prev = conv
-        add(f"pool{block}", "Pooling", prev, f"pool{block}", {"pool": "MAX", "kernel_size": 2, "stride": 2})
-        prev = f"pool{block}"
-    for k, units in zip((6, 7), fc):
-        add(f"fc{k}", "InnerProduct", prev, f"fc{k}", {"num_output": int(units)})
-        add(f"relu{k}", "ReLU", f"fc{k}", f"fc{k}")
-        add(f"drop{k}", "Dropout", f"fc{k}", f"fc{k}", {"dropout_ratio": 0.5})
-        prev = f"fc{k}"
-    add("fc8", "InnerProduct", prev, "fc8", {"num_output": int(classes)})
-    add("prob", "Softmax", "fc8", "prob")
-    return NetSpec(name=name, input_name="data", input_shape=(batch, channels, h, w),
-                   layers=layers, skipped=[], source="<tiny_vgg_netspec>")
+    # The course's own VGG-Face topology, narrowed: the fixtures test the formats and the
+    # converter on exactly the network the course converts.
+    net = vggface_netspec(widths, fc, classes, hw, name=name)
+    return dataclasses.replace(net, input_shape=(batch, channels, h, w), source="<tiny_vgg_netspec>")
 
 
 def blob_shapes(net: NetSpec) -> dict[str, list[tuple[int, ...]]]:
