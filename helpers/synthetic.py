@@ -601,11 +601,8 @@ def story_checks(*, shots: int = 5, draws: int = 5, max_faces: int | None = None
     ``synthetic.fewshot<shots>.scratch`` and ``synthetic.pretrain.identity_accuracy``.
     """
     import keras
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
-
     from .convert import convert
+    from .embeddings import fewshot_classifier
     from .vggface import feature_model
 
     manifest = json.loads(manifest_path().read_text(encoding="utf-8"))
@@ -637,9 +634,7 @@ def story_checks(*, shots: int = 5, draws: int = 5, max_faces: int | None = None
             pool = np.flatnonzero(~test_mask & (labels == c))
             pick.extend(rng.choice(pool, size=min(shots, len(pool)), replace=False))
         pick = np.array(pick)
-        # Ten examples are too few to estimate a per-feature scale; L2-normalising each feature
-        # vector (the usual few-shot recipe for embeddings) needs no statistics at all.
-        clf = make_pipeline(Normalizer(), LogisticRegression(max_iter=2000, C=10.0)).fit(fc7[pick], labels[pick])
+        clf = fewshot_classifier().fit(fc7[pick], labels[pick])  # notebook 03's recipe
         transfer.append(float(np.mean(clf.predict(fc7[test_mask]) == labels[test_mask])))
         keras.utils.set_random_seed(seed * 1000 + draw)
         net.set_weights(build_training_model(2, config).get_weights())
