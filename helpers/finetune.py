@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from . import vggface
+from . import environment, vggface
 from .fileio import atomic_path, write_json_atomic
 
 FEATURE_LAYER = "fc7"
@@ -56,7 +56,7 @@ def set_seeds(seed: int, deterministic: bool = True) -> None:
     Two runs with the same seed then give bit-identical weights on CPU (GPUs may still differ
     in the last bits for some kernels).
     """
-    keras.utils.set_random_seed(int(seed))
+    environment.set_seeds(int(seed))
     if deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
