@@ -3,7 +3,7 @@
 Writes a full-size VGG-Face caffemodel with random weights (145,002,878 parameters, about
 580 MB) to a temporary folder, then measures in one run:
 
-(a) reading every blob into owned numpy arrays with ``helpers.caffe_format.read_caffemodel``;
+(a) reading every blob into owned numpy arrays with ``helpers.caffe.read_caffemodel``;
 (b) the same with OpenCV's importer (``readNetFromCaffe`` + ``getParam`` for every blob);
 (c) the whole ``python -m helpers.convert`` (subprocess: wall time and peak RSS);
 (d) Keras alone building the same model and saving it to ``.keras`` (subprocess; the floor).
@@ -29,19 +29,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from helpers import caffe_format as cf  # noqa: E402
+from helpers import caffe as cf  # noqa: E402
 
 # (d): the same model, built by Keras alone and saved; no Caffe file is read.
 KERAS_FLOOR = """
 import sys
-from helpers.convert import build_keras_model
+from helpers.caffe import build_keras_model
 from helpers.vggface import vggface_netspec
 build_keras_model(vggface_netspec()).save(sys.argv[1])
 """
 
 
 def write_full_size(folder: Path, seed: int = 0) -> tuple[Path, Path, int]:
-    from helpers.convert import _WEIGHTED_TYPES
+    from helpers.caffe.spec import WEIGHTED_TYPES as _WEIGHTED_TYPES
     from helpers.vggface import vggface_netspec
 
     net = vggface_netspec()

@@ -4,7 +4,7 @@ the model's forward pass alone, measured side by side on this machine.
 Generates JPEG faces in a temporary folder (Adience-like sizes: a bit larger than the input,
 not square), reads them with ``make_dataset(training=True)`` (decode, resize, random crop,
 flip), and times a VGG-shaped Keras model (``helpers.vggface.vggface_netspec`` built by
-``helpers.convert.build_keras_model``; a plain VGG16-like stack when those are unavailable) on
+``helpers.caffe.build_keras_model``; a plain VGG16-like stack when those are unavailable) on
 batches already in memory. The last line prints ``pipeline/forward``: above 1 the pipeline
 is not what limits training.
 
@@ -50,11 +50,11 @@ def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> pd.DataFrame:
 
 def build_model(size: int, conv_widths, fc_widths):
     try:
-        from helpers.convert import build_keras_model
+        from helpers.caffe import build_keras_model
         from helpers.vggface import vggface_netspec
 
         net = vggface_netspec(conv_widths=conv_widths, fc_widths=fc_widths, n_classes=2, input_hw=(size, size))
-        return build_keras_model(net), "helpers.convert.build_keras_model(vggface_netspec(...))"
+        return build_keras_model(net), "helpers.caffe.build_keras_model(vggface_netspec(...))"
     except ImportError:
         import keras
 

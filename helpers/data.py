@@ -31,7 +31,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .fileio import write_json_atomic
+from .course.fileio import write_json_atomic
 
 # Adience's eight age groups, written as the fold files write them.
 AGE_GROUPS = ("(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)")
@@ -406,7 +406,7 @@ class DatasetRootReport:
         if self.ok:
             lines.append("  ready.")
         else:
-            from . import paths
+            from .course import paths
             lines.append(
                 "  To use the real Adience benchmark: register at "
                 "https://talhassner.github.io/home/projects/Adience/Adience-data.html, download "

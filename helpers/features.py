@@ -33,8 +33,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import paths
-from .fileio import atomic_path, write_json_atomic
+from .course import paths
+from .course.fileio import atomic_path, write_json_atomic
 
 REDUCTIONS = ("gap", "gap+proj", None)
 REQUIRED_KEY_PARTS = ("weights", "dataset", "preprocessing", "image_size")

@@ -34,8 +34,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from . import environment, vggface
-from .fileio import atomic_path, write_json_atomic
+from . import vggface
+from .course import environment
+from .course.fileio import atomic_path, write_json_atomic
 
 FEATURE_LAYER = "fc7"
 HEAD_LAYER = "fc8"

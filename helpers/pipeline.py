@@ -63,7 +63,7 @@ def check_files(files: list[str]) -> None:
 def check_decodable(df: pd.DataFrame, root) -> None:
     """Decode every image once with Pillow (``helpers.data.validate_images``, cached under
     ``build/cache``) and raise if any is unreadable, so that training cannot fail mid-epoch."""
-    from . import paths
+    from .course import paths
     from .data import validate_images
 
     report = validate_images(df, root if root is not None else ".",

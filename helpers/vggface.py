@@ -1,6 +1,6 @@
 """VGG-Face in Keras: the preprocessing layer, identity names, head replacement, layer groups.
 
-Everything here works on any model built by ``helpers.convert.build_keras_model`` (the real
+Everything here works on any model built by ``helpers.caffe.build_keras_model`` (the real
 VGG-Face and the miniature one alike), because those models keep Caffe's layer names.
 
 Two custom layers live here and are registered for ``keras.saving.load_model`` under the
@@ -20,6 +20,8 @@ from typing import Sequence
 import keras
 import numpy as np
 from keras import ops
+
+from .caffe import layers as _caffe_layers  # noqa: F401  (registers the Caffe layers a converted model uses)
 
 # The mean face colour of the VGG-Face training set, in Caffe's channel order (B, G, R).
 VGGFACE_MEAN_BGR = (93.5940, 104.7624, 129.1863)
@@ -60,31 +62,6 @@ class NamedSoftmax(keras.layers.Softmax):
     def get_config(self):
         return {**super().get_config(), "class_names": self.class_names}
 
-
-@keras.saving.register_keras_serializable(package="helpers")
-class ConstantPad2D(keras.layers.Layer):
-    """Pads H and W with a constant; -inf before a max pooling reproduces Caffe's ceil-mode windows.
-
-    ``pads`` is ``((top, bottom), (left, right))``. Keras' ``ZeroPadding2D`` would let a zero win
-    a max over negative values, which Caffe never does.
-    """
-
-    def __init__(self, pads=((0, 0), (0, 0)), value: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.pads = tuple(tuple(int(v) for v in pair) for pair in pads)
-        self.value = float(value)
-
-    def call(self, inputs):
-        (t, b), (l, r) = self.pads
-        return ops.pad(inputs, [[0, 0], [t, b], [l, r], [0, 0]], constant_values=self.value)
-
-    def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        (t, b), (l, r) = self.pads
-        return (n, None if h is None else h + t + b, None if w is None else w + l + r, c)
-
-    def get_config(self):
-        return {**super().get_config(), "pads": [list(p) for p in self.pads], "value": self.value}
 
 
 # ----------------------------------------------------------------------------- identities
@@ -235,7 +212,7 @@ def vggface_netspec(
     The same layers, names, in-place ReLUs and Dropouts as the published
     ``VGG_FACE_deploy.prototxt``; ``conv_widths`` gives each block's channels.
     """
-    from .caffe_format import LayerSpec, NetSpec
+    from .caffe.spec import LayerSpec, NetSpec
 
     if len(conv_widths) != 5 or len(fc_widths) != 2:
         raise ValueError(f"expected 5 conv widths and 2 fc widths, got {conv_widths} and {fc_widths}")

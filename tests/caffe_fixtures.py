@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.caffe_format import (
+from helpers.caffe import (
     CaffeLayerBlobs,
     NetSpec,
     write_caffemodel,

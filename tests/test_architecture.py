@@ -7,13 +7,14 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import architecture, convert, vggface
+from helpers import caffe
+from helpers import architecture, vggface
 
 
 @pytest.fixture(scope="module")
 def tiny_vggface():
     net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=(32, 32))
-    return convert.build_keras_model(net)
+    return caffe.build_keras_model(net)
 
 
 def test_vgg16_pool5_receptive_field_is_212_with_stride_32():
@@ -84,7 +85,7 @@ def test_vggface_topology_shares_and_groups(tiny_vggface):
 def test_mini_vggface_compute_lives_in_the_convolutions():
     # The quick-mode miniature (1/8 width, 64 px): the same topology as the real one.
     net = vggface.vggface_netspec(conv_widths=(8, 16, 32, 64, 64), fc_widths=(256, 256), n_classes=100, input_hw=(64, 64))
-    table = architecture.layer_table(convert.build_keras_model(net))
+    table = architecture.layer_table(caffe.build_keras_model(net))
     shares = architecture.group_shares(table).set_index("group")
     assert shares.loc["convolutions", "macs_share"] > 0.9
     assert table.set_index("layer").loc["pool5", "receptive_field"] == 212

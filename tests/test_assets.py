@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assets, paths
-from helpers.assets import ChecksumMismatchError, DownloadError, UnsafeArchiveError
+from helpers.course import assets, paths
+from helpers.course.assets import ChecksumMismatchError, DownloadError, UnsafeArchiveError
 
 TARBALL_PATH = "/vgg_face_caffe.tar.gz"
 CAFFE_FILES = ("VGG_FACE_deploy.prototxt", "VGG_FACE.caffemodel", "names.txt", "ak.png")

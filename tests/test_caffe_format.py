@@ -1,4 +1,4 @@
-"""Caffe prototxt parser/writer and caffemodel reader/writer (helpers.caffe_format).
+"""Caffe prototxt parser/writer and caffemodel reader/writer (helpers.caffe: prototxt, caffemodel, writer).
 
 The binary files are checked three ways: round trips through our own writer, hand-encoded
 protobuf bytes (built by the tiny encoder below, independent of the module's writer), and
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import caffe_format as cf
+from helpers import caffe as cf
 from tests.caffe_fixtures import blob_shapes, random_blobs, tiny_vgg_netspec, write_tiny_vgg
 
 # ----------------------------------------------------------------------------- text fixtures

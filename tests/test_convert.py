@@ -1,4 +1,4 @@
-"""helpers.convert against an independent Caffe engine (OpenCV's importer), on narrow VGG-Face nets.
+"""helpers.caffe (conversion and verification) against an independent Caffe engine (OpenCV's importer), on narrow VGG-Face nets.
 
 The Caffe blobs are drawn here with numpy in Caffe's own layout, written with the
 caffe_format writer, and run by OpenCV on inputs preprocessed here by hand (BGR, minus the
@@ -15,8 +15,10 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")  # test-only dependency (requirements-dev.txt)
 
-from helpers import caffe_format as cf  # noqa: E402
-from helpers import convert, vggface  # noqa: E402
+from helpers import caffe as cf  # noqa: E402
+from helpers import caffe
+from helpers import vggface
+from helpers.caffe import convert, verify, weights as caffe_weights  # noqa: E402
 
 WIDTHS = dict(conv_widths=(4, 8, 8, 16, 16), fc_widths=(32, 32), n_classes=10)
 MEAN_BGR = np.array([93.5940, 104.7624, 129.1863], dtype=np.float32)
@@ -133,7 +135,7 @@ def test_non_square_odd_input_matches_opencv(tmp_path):
 
 def test_input_hw_overrides_prototxt_size(v1_files):
     net = cf.parse_prototxt(v1_files[0])
-    model = convert.build_keras_model(net, input_hw=(33, 50))
+    model = caffe.build_keras_model(net, input_hw=(33, 50))
     assert model.input_shape == (None, 33, 50, 3)
     assert model.get_layer("pool1").output.shape[1:3] == (17, 25)  # ceil(33/2), ceil(50/2)
 
@@ -141,7 +143,7 @@ def test_input_hw_overrides_prototxt_size(v1_files):
 # ----------------------------------------------------------------------------- the traps
 
 def test_trap_wrong_flatten_order_breaks_fc(v1_files, monkeypatch):
-    monkeypatch.setattr(convert, "flatten_source_shape", lambda model, name: None)
+    monkeypatch.setattr(caffe_weights, "flatten_source_shape", lambda model, name: None)
     model = convert.convert(*v1_files, progress=False)
     rgb = faces(2, (64, 64))
     ref, got = opencv_outputs(*v1_files, rgb), keras_outputs(model, rgb)
@@ -161,8 +163,8 @@ def test_trap_wrong_preprocessing_breaks_everything(v1_files, v1_model, trap):
 def test_trap_untransposed_kernels_break_convolutions(v1_files):
     net = cf.parse_prototxt(v1_files[0])
     blobs = cf.read_caffemodel(v1_files[1])
-    model = convert.build_keras_model(net)
-    convert.load_caffe_weights(model, blobs, net)
+    model = caffe.build_keras_model(net)
+    caffe.load_caffe_weights(model, blobs, net)
     for layer in net.layers:
         if layer.type == "Convolution":
             k = model.get_layer(layer.name)
@@ -176,11 +178,11 @@ def test_trap_untransposed_kernels_break_convolutions(v1_files):
 def test_weight_layout_on_small_arrays():
     rng = np.random.default_rng(0)
     caffe_w = rng.normal(size=(5, 2 * 3 * 4)).astype(np.float32)  # (out, C*H*W) with C=2, H=3, W=4
-    keras_w, = convert.caffe_to_keras_arrays("InnerProduct", [caffe_w], [(24, 5)], flat_from=(3, 4, 2))
+    keras_w, = caffe_weights.caffe_to_keras_arrays("InnerProduct", [caffe_w], [(24, 5)], flat_from=(3, 4, 2))
     chw = rng.normal(size=(2, 3, 4)).astype(np.float32)
     np.testing.assert_allclose(chw.transpose(1, 2, 0).reshape(-1) @ keras_w, caffe_w @ chw.reshape(-1), rtol=1e-5)
     caffe_k = rng.normal(size=(6, 3, 2, 5)).astype(np.float32)  # (O, I, kh, kw)
-    keras_k, = convert.caffe_to_keras_arrays("Convolution", [caffe_k], [(2, 5, 3, 6)])
+    keras_k, = caffe_weights.caffe_to_keras_arrays("Convolution", [caffe_k], [(2, 5, 3, 6)])
     assert keras_k[1, 4, 2, 5] == caffe_k[5, 2, 1, 4]
 
 
@@ -201,15 +203,15 @@ def test_keras_file_round_trip_restores_custom_layers(v1_model, tmp_path):
 @pytest.mark.parametrize("fmt", ["v1", "v2"])
 def test_keras_to_caffe_blobs_round_trip(v1_files, v1_model, tmp_path, fmt):
     net = cf.parse_prototxt(v1_files[0])
-    written = cf.write_caffemodel(tmp_path / "back.caffemodel", convert.keras_to_caffe_blobs(v1_model, net), format=fmt)
+    written = cf.write_caffemodel(tmp_path / "back.caffemodel", caffe.keras_to_caffe_blobs(v1_model, net), format=fmt)
     original = cf.read_caffemodel(v1_files[1])
     back = cf.read_caffemodel(written)
     for name, layer in original.items():
         assert len(back[name].blobs) == len(layer.blobs), name
         for a, b in zip(layer.blobs, back[name].blobs):
             np.testing.assert_array_equal(a.reshape(-1), b.reshape(-1), err_msg=name)
-    reloaded = convert.build_keras_model(net)
-    convert.load_caffe_weights(reloaded, back, net)
+    reloaded = caffe.build_keras_model(net)
+    caffe.load_caffe_weights(reloaded, back, net)
     for w0, w1 in zip(v1_model.weights, reloaded.weights):
         np.testing.assert_array_equal(w0.numpy(), w1.numpy())
 
@@ -221,7 +223,7 @@ def test_shape_mismatch_names_layer_and_both_shapes(tmp_path):
     (tmp_path / "b").mkdir()
     proto, _ = write_net(tmp_path / "a", fc_widths=(32, 32))
     _, other = write_net(tmp_path / "b", fc_widths=(32, 24))
-    with pytest.raises(convert.ConversionError) as err:
+    with pytest.raises(caffe.ConversionError) as err:
         convert.convert(proto, other, progress=False)
     message = str(err.value)
     assert "fc7" in message and "24, 32)" in message and "(32, 32)" in message
@@ -231,13 +233,13 @@ def test_unknown_layer_types_are_all_listed():
     net = vggface.vggface_netspec(**WIDTHS, input_hw=(32, 32))
     net.layers.insert(2, cf.LayerSpec("norm1", "LRN", ["conv1_1"], ["conv1_1"], {}, 7))
     net.layers.insert(5, cf.LayerSpec("bn2", "BatchNorm", ["conv1_2"], ["conv1_2"], {}, 9))
-    with pytest.raises(convert.ConversionError) as err:
-        convert.build_keras_model(net)
+    with pytest.raises(caffe.ConversionError) as err:
+        caffe.build_keras_model(net)
     assert "norm1 (LRN, line 7)" in str(err.value) and "bn2 (BatchNorm, line 9)" in str(err.value)
 
 
 def test_names_count_must_match_outputs(v1_files):
-    with pytest.raises(convert.ConversionError, match="3 class names"):
+    with pytest.raises(caffe.ConversionError, match="3 class names"):
         convert.convert(*v1_files, names=["a", "b", "c"], progress=False)
 
 
@@ -311,42 +313,42 @@ def test_ceil_mode_and_padded_pooling_match_opencv_and_numpy_reference(tmp_path)
     model = convert.convert(prototxt, caffemodel, progress=False)
     assert model.get_layer("pool1").output.shape[1:3] == (5, 5)
     rgb = faces(2, (15, 17), seed=4)
-    data = convert.caffe_input(rgb)
+    data = verify.caffe_input(rgb)
     outputs = ("pool0", "pool1", "pool2", "fc")
-    ref = convert.opencv_forward(prototxt, caffemodel, net, data, outputs)
-    numpy_ref = convert.reference_forward(net, cf.read_caffemodel(caffemodel), data, outputs)
-    got = convert.keras_forward(model, rgb, outputs)
-    assert max(convert.relative_errors(ref, got).values()) < 1e-4
-    assert max(convert.relative_errors(ref, numpy_ref).values()) < 1e-4
+    ref = verify.opencv_forward(prototxt, caffemodel, net, data, outputs)
+    numpy_ref = verify.reference_forward(net, cf.read_caffemodel(caffemodel), data, outputs)
+    got = verify.keras_forward(model, rgb, outputs)
+    assert max(verify.relative_errors(ref, got).values()) < 1e-4
+    assert max(verify.relative_errors(ref, numpy_ref).values()) < 1e-4
 
 
 def test_numpy_reference_and_traps_on_vgg_face(v1_files, v1_model):
     net = cf.parse_prototxt(v1_files[0])
     blobs = cf.read_caffemodel(v1_files[1])
     rgb = faces(2, (64, 64), seed=9)
-    data = convert.caffe_input(rgb)
-    numpy_ref = convert.reference_forward(net, blobs, data)
-    assert max(convert.relative_errors(convert.opencv_forward(*v1_files, net, data), numpy_ref).values()) < 1e-4
+    data = verify.caffe_input(rgb)
+    numpy_ref = verify.reference_forward(net, blobs, data)
+    assert max(verify.relative_errors(verify.opencv_forward(*v1_files, net, data), numpy_ref).values()) < 1e-4
     before = [w.numpy().copy() for w in v1_model.weights]
-    traps = convert.trap_errors(v1_model, net, blobs, rgb, numpy_ref)
-    assert set(traps) == set(convert.TRAPS)
+    traps = verify.trap_errors(v1_model, net, blobs, rgb, numpy_ref)
+    assert set(traps) == set(verify.TRAPS)
     assert traps["flatten_order"]["pool5"] < 1e-4 < 0.1 < traps["flatten_order"]["fc7"]
     assert traps["kernel_reshaped"]["pool5"] > 0.1 and traps["rgb_not_bgr"]["pool5"] > 0.05
     for w0, w in zip(before, v1_model.weights):
         np.testing.assert_array_equal(w0, w.numpy())  # restored
-    assert max(convert.relative_errors(numpy_ref, convert.keras_forward(v1_model, rgb)).values()) < 1e-4
+    assert max(verify.relative_errors(numpy_ref, verify.keras_forward(v1_model, rgb)).values()) < 1e-4
 
 
 def test_average_pooling_past_the_padding_is_refused():
     text = ODD_POOLING_NET.replace("dim: 15 dim: 17", "dim: 16 dim: 16")
-    with pytest.raises(convert.ConversionError, match="pool0"):
-        convert.build_keras_model(cf.parse_prototxt(text))
+    with pytest.raises(caffe.ConversionError, match="pool0"):
+        caffe.build_keras_model(cf.parse_prototxt(text))
 
 
 # ----------------------------------------------------------------------------- load_or_convert
 
 def test_load_or_convert_converts_once_then_loads(v1_files, tmp_path, monkeypatch):
-    from helpers.paths import Assets
+    from helpers.course.paths import Assets
 
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"p{i}" for i in range(10)) + "\n")

@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from helpers import course, paths, results
+from helpers.course import runner, paths, results
 
 
 def write_nb(path, cells):
@@ -31,7 +31,7 @@ def course_env(tmp_path, monkeypatch):
         ("md", "# First notebook"),
         ("code", 'MODE = "auto"\nEPOCHS = 1', ["parameters"]),
         ("code", "import os, sys\nsys.path.insert(0, os.environ['REPO_ROOT'])\n"
-                 "from helpers import results\nresults.record('first.mode', MODE)\nresults.record('first.epochs', EPOCHS)"),
+                 "from helpers.course import results\nresults.record('first.mode', MODE)\nresults.record('first.epochs', EPOCHS)"),
     ])
     write_nb(nbdir / "01_second.ipynb", [
         ("md", "# Second notebook"),
@@ -46,32 +46,32 @@ def course_env(tmp_path, monkeypatch):
 
 
 def test_discover_keeps_numbered_notebooks_in_order(course_env):
-    names = [p.name for p in course.discover_notebooks(course_env["nbdir"])]
+    names = [p.name for p in runner.discover_notebooks(course_env["nbdir"])]
     assert names == ["00_first.ipynb", "01_second.ipynb", "02_third.ipynb"]
 
 
 def test_select_by_number_list_and_name(course_env):
-    nbs = course.discover_notebooks(course_env["nbdir"])
-    assert [p.stem for p in course.select(nbs, ["2"])] == ["02_third"]
-    assert [p.stem for p in course.select(nbs, ["02,00"])] == ["00_first", "02_third"]
-    assert [p.stem for p in course.select(nbs, ["01_second"])] == ["01_second"]
+    nbs = runner.discover_notebooks(course_env["nbdir"])
+    assert [p.stem for p in runner.select(nbs, ["2"])] == ["02_third"]
+    assert [p.stem for p in runner.select(nbs, ["02,00"])] == ["00_first", "02_third"]
+    assert [p.stem for p in runner.select(nbs, ["01_second"])] == ["01_second"]
     with pytest.raises(SystemExit, match="matches no notebook"):
-        course.select(nbs, ["07"])
+        runner.select(nbs, ["07"])
 
 
 def test_parameters_are_injected_after_the_parameters_cell():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("a = 1"), nbformat.v4.new_code_cell("MODE = 'auto'")]
     nb.cells[1].metadata["tags"] = ["parameters"]
-    i = course.inject_parameters(nb, {"MODE": "quick", "EPOCHS": 2})
+    i = runner.inject_parameters(nb, {"MODE": "quick", "EPOCHS": 2})
     assert i == 2 and nb.cells[2].metadata["tags"] == ["injected-parameters"]
     assert "MODE = 'quick'" in nb.cells[2].source and "EPOCHS = 2" in nb.cells[2].source
-    course.inject_parameters(nb, {"MODE": "full"})  # re-injection replaces, never stacks
+    runner.inject_parameters(nb, {"MODE": "full"})  # re-injection replaces, never stacks
     assert sum("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
 
 
 def test_runner_executes_injects_records_and_names_the_failing_cell(course_env, capsys):
-    code, outcomes = course.run(mode="quick", output_dir=course_env["out"], notebooks_dir=course_env["nbdir"],
+    code, outcomes = runner.run(mode="quick", output_dir=course_env["out"], notebooks_dir=course_env["nbdir"],
                                 extra_parameters={"EPOCHS": 3}, keep_going=False,
                                 prepare_quick=course_env["prepare"])
     assert code == 1
@@ -90,7 +90,7 @@ def test_runner_executes_injects_records_and_names_the_failing_cell(course_env, 
 
 
 def test_keep_going_runs_the_rest_and_still_fails(course_env, capsys):
-    code, outcomes = course.run(mode="quick", only=["01", "02"], keep_going=True,
+    code, outcomes = runner.run(mode="quick", only=["01", "02"], keep_going=True,
                                 output_dir=course_env["out"], notebooks_dir=course_env["nbdir"],
                                 prepare_quick=course_env["prepare"])
     assert code == 1 and [o.status for o in outcomes] == ["failed", "ok"]
@@ -98,7 +98,7 @@ def test_keep_going_runs_the_rest_and_still_fails(course_env, capsys):
 
 
 def test_full_mode_with_missing_assets_exits_nonzero_listing_them(course_env, capsys):
-    code, outcomes = course.run(mode="full", notebooks_dir=course_env["nbdir"], output_dir=course_env["out"])
+    code, outcomes = runner.run(mode="full", notebooks_dir=course_env["nbdir"], output_dir=course_env["out"])
     assert code == 2 and outcomes == []
     err = capsys.readouterr().err
     assert "VGG_FACE.caffemodel" in err and "helpers.assets fetch" in err and "fold_0_data.txt" in err
@@ -107,16 +107,16 @@ def test_full_mode_with_missing_assets_exits_nonzero_listing_them(course_env, ca
 def test_list_shows_the_plan_and_the_mode_reason(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv(paths.ENV_HOME, str(tmp_path))
     monkeypatch.delenv(paths.ENV_MODE, raising=False)
-    assert course.main(["--list"]) == 0
+    assert runner.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "quick mode (auto" in out and "00_setup.ipynb" in out
 
 
 def test_badges_and_clone_urls_derive_from_one_constant():
     readme = (paths.REPO_ROOT / "README.md").read_text()
-    for nb in course.discover_notebooks():
-        assert course.colab_url(nb.name) in readme, f"README lacks the Colab link of {nb.name}"
+    for nb in runner.discover_notebooks():
+        assert runner.colab_url(nb.name) in readme, f"README lacks the Colab link of {nb.name}"
         text = nb.read_text()
-        assert course.colab_url(nb.name) in text, f"{nb.name} lacks its own Colab badge"
+        assert runner.colab_url(nb.name) in text, f"{nb.name} lacks its own Colab badge"
         if "git clone" in text:
-            assert course.clone_url() in text
+            assert runner.clone_url() in text

@@ -132,10 +132,11 @@ def test_scratch_fewshot_trains_a_fresh_network_per_draw():
 
 
 def test_scratch_builder_gives_fresh_weights_on_the_same_architecture():
-    from helpers import convert, vggface
+    from helpers import caffe
+    from helpers import vggface
 
     net = vggface.vggface_netspec(conv_widths=(2, 2, 4, 4, 4), fc_widths=(8, 8), n_classes=5, input_hw=(32, 32))
-    pretrained = convert.build_keras_model(net)
+    pretrained = caffe.build_keras_model(net)
     before = pretrained.get_layer("conv3_1").get_weights()[0].copy()
     scratch = embeddings.scratch_builder(pretrained, ("m", "f"))(7)
     assert [l.name for l in scratch.layers if l.weights][:13] == vggface.layer_blocks(pretrained)["block1"] + \

@@ -1,7 +1,7 @@
 """The checks of notebook 00."""
 import pytest
 
-from helpers import environment, paths
+from helpers.course import environment, paths
 
 
 def test_floors_come_from_requirements_txt(tmp_path):

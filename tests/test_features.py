@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import convert, features, vggface
+from helpers import caffe
+from helpers import features, vggface
 
 LAYERS = ["pool1", "pool3", "pool5", "fc6", "fc7"]
 
@@ -17,7 +18,7 @@ LAYERS = ["pool1", "pool3", "pool5", "fc6", "fc7"]
 @pytest.fixture(scope="module")
 def model():
     net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=(32, 32))
-    return convert.build_keras_model(net)
+    return caffe.build_keras_model(net)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Atomic writes: a failure leaves the previous content, never a half-written file or folder."""
 import pytest
 
-from helpers.fileio import atomic_dir, atomic_path, write_json_atomic
+from helpers.course.fileio import atomic_dir, atomic_path, write_json_atomic
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from helpers import course, paths, results
+from helpers.course import runner, paths, results
 
 pytestmark = pytest.mark.notebooks
 
-NOTEBOOKS = course.discover_notebooks()
+NOTEBOOKS = runner.discover_notebooks()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_the_course_has_its_notebooks_in_order():
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_quick_mode(notebook, quick_course):
-    outcome = course.execute_notebook(notebook, {"MODE": "quick"}, quick_course)
+    outcome = runner.execute_notebook(notebook, {"MODE": "quick"}, quick_course)
     print(f"\n{notebook.stem}: {outcome.status} in {outcome.seconds:.1f} s")
     assert outcome.status == "ok", outcome.error
     assert results.load(quick_course / "results.json")["results"], "the notebook recorded no result"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import paths
+from helpers.course import paths
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_override_variable_moves_weights_and_data(home):
 def test_without_override_the_repo_holds_assets(monkeypatch):
     monkeypatch.delenv(paths.ENV_HOME, raising=False)
     assert paths.assets_home() == paths.REPO_ROOT
-    assert (paths.REPO_ROOT / "helpers" / "paths.py").is_file()
+    assert (paths.REPO_ROOT / "helpers" / "course" / "paths.py").is_file()
 
 
 def test_colab_drive_is_used_only_when_mounted(monkeypatch, tmp_path):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import results
+from helpers.course import results
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of the quick-mode world (helpers.synthetic, helpers.synthetic_faces) on tiny sizes."""
+"""Tests of the quick-mode world (helpers.synthetic) on tiny sizes."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from helpers import synthetic as syn
-from helpers.synthetic_faces import AGE_GROUPS, render_face, sample_person
+from helpers.synthetic import pretrain, world
+from helpers.synthetic.faces import AGE_GROUPS, render_face, sample_person
 
 # Tiny worlds: a few users and identities, 32 px, a 2-channel network, one epoch.
 TINY = syn.SyntheticConfig(
@@ -34,9 +35,9 @@ def home(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- determinism
 
 def test_same_seed_same_bytes_different_seed_different(tmp_path):
-    syn.write_adience(tmp_path / "a", TINY)
-    syn.write_adience(tmp_path / "b", TINY)
-    syn.write_adience(tmp_path / "c", syn.SyntheticConfig(**{**TINY.__dict__, "seed": TINY.seed + 1}))
+    world.write_adience(tmp_path / "a", TINY)
+    world.write_adience(tmp_path / "b", TINY)
+    world.write_adience(tmp_path / "c", syn.SyntheticConfig(**{**TINY.__dict__, "seed": TINY.seed + 1}))
     a, b, c = (_tree_bytes(tmp_path / k) for k in "abc")
     assert a == b
     assert a != c
@@ -44,9 +45,9 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path):
     jpegs_c = {v for k, v in c.items() if k.endswith(".jpg")}
     assert not jpegs_a & jpegs_c  # a different seed draws different faces, not a relabelling
 
-    src = syn.render_source(TINY)
-    syn.write_npz(tmp_path / "s1.npz", src)
-    syn.write_npz(tmp_path / "s2.npz", syn.render_source(TINY))
+    src = world.render_source(TINY)
+    world.write_npz(tmp_path / "s1.npz", src)
+    world.write_npz(tmp_path / "s2.npz", world.render_source(TINY))
     assert (tmp_path / "s1.npz").read_bytes() == (tmp_path / "s2.npz").read_bytes()
     loaded = syn.load_source(tmp_path / "s1.npz")
     np.testing.assert_array_equal(loaded["images"], src["images"])
@@ -67,7 +68,7 @@ def test_a_person_varies_only_by_nuisance():
 # ----------------------------------------------------------------------------- Adience layout
 
 def test_adience_layout_columns_and_reader(tmp_path):
-    stats = syn.write_adience(tmp_path / "adience", TINY)
+    stats = world.write_adience(tmp_path / "adience", TINY)
     root = tmp_path / "adience"
     header = "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\tfiducial_yaw_angle\tfiducial_score"
     n_rows = 0
@@ -174,7 +175,7 @@ def test_interrupted_target_write_leaves_nothing(tmp_path):
         return render_face(*args, **kwargs)
 
     with pytest.raises(KeyboardInterrupt):
-        syn.write_adience(tmp_path / "adience", TINY, render=failing_render)
+        world.write_adience(tmp_path / "adience", TINY, render=failing_render)
     assert not (tmp_path / "adience").exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
 
@@ -183,7 +184,7 @@ def test_interrupted_build_never_looks_complete(home, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during pretraining")
 
-    monkeypatch.setattr(syn, "pretrain", boom)
+    monkeypatch.setattr(pretrain, "pretrain", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         syn.ensure_built(config=TINY, progress=False)
     assert not syn.manifest_path().exists()
@@ -198,12 +199,12 @@ def test_interrupted_build_never_looks_complete(home, monkeypatch):
 def test_export_parse_convert_round_trip(tmp_path):
     import keras
 
-    from helpers.convert import convert
+    from helpers.caffe.convert import convert
     from helpers.vggface import class_names
 
     keras.utils.set_random_seed(0)
     names = ["Synth_0001_Aaron", "Synth_0002_Bea", "Synth_0003_Carl"]
-    model = syn.build_training_model(len(names), TINY)
+    model = pretrain.build_training_model(len(names), TINY)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # non-trivial BatchNorm statistics, so that folding is really tested
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -211,9 +212,9 @@ def test_export_parse_convert_round_trip(tmp_path):
             layer.set_weights([rng.uniform(0.5, 2, g.shape), rng.normal(0, 0.5, b.shape),
                                rng.normal(0, 0.5, m.shape), rng.uniform(0.5, 2, v.shape)])
     x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    plain, net = syn.fold_batchnorm(model, TINY, names)
+    plain, net = pretrain.fold_batchnorm(model, TINY, names)
     sample = x[0].astype(np.uint8)
-    syn.export_caffe(plain, net, tmp_path, names, sample, names[1])
+    pretrain.export_caffe(plain, net, tmp_path, names, sample, names[1])
     assert (tmp_path / "names.txt").read_text().split() == names
     assert (tmp_path / "sample_identity.txt").read_text().strip() == names[1]
     assert "layers {" in (tmp_path / "VGG_FACE_deploy.prototxt").read_text()  # the V1 syntax, like the release
@@ -235,7 +236,7 @@ def test_export_parse_convert_round_trip(tmp_path):
 def test_ensure_built_caches_and_story_checks_record(home):
     m1 = syn.ensure_built(config=TINY, progress=False)
     assert m1["built_now"] and syn.is_built(TINY)
-    from helpers import paths, results
+    from helpers.course import paths, results
 
     a = paths.assets_for("quick")
     for p in (a.prototxt, a.caffemodel, a.names, a.sample_image, *a.fold_files):
@@ -266,7 +267,8 @@ def test_ensure_built_caches_and_story_checks_record(home):
 def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkeypatch):
     import json as _json
 
-    from helpers import paths, results, synthetic
+    from helpers import synthetic
+    from helpers.course import paths, results
 
     monkeypatch.setenv(paths.ENV_HOME, str(tmp_path / "home"))
     monkeypatch.setenv(results.ENV_RESULTS, str(tmp_path / "results.json"))
@@ -277,7 +279,9 @@ def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkey
         return {"probe_pool1": 0.6, "probe_fc7": 0.8, "fewshot5_transfer": 0.7, "fewshot5_scratch": 0.5,
                 "identity_accuracy": 0.9, "shots": 5, "run": len(calls)}
 
-    monkeypatch.setattr(synthetic, "story_checks", fake_checks)
+    from helpers.synthetic import story
+
+    monkeypatch.setattr(story, "story_checks", fake_checks)
     with pytest.raises(FileNotFoundError, match="no synthetic world"):
         synthetic.story_numbers()
     synthetic.manifest_path().parent.mkdir(parents=True)

@@ -9,7 +9,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import convert, vggface  # noqa: E402
+from helpers import caffe
+from helpers import vggface  # noqa: E402
 
 TINY = dict(conv_widths=(2, 4, 4, 4, 4), fc_widths=(8, 8), n_classes=5, input_hw=(32, 32))
 # conv1_1 .. conv5_3, then fc6, fc7, fc8, exactly as in the published VGG_FACE_deploy.prototxt
@@ -23,7 +24,7 @@ VGG_FACE_LAYERS = (
 @pytest.fixture(scope="module")
 def tiny_model():
     names = ["ann", "bob", "cid", "dee", "eve"]
-    return convert.build_keras_model(vggface.vggface_netspec(**TINY), class_names=names)
+    return caffe.build_keras_model(vggface.vggface_netspec(**TINY), class_names=names)
 
 
 def test_preprocess_swaps_to_bgr_and_subtracts_mean():
@@ -87,7 +88,7 @@ def test_top_identities_orders_by_probability(tiny_model):
 
 
 def test_class_names_none_without_names():
-    model = convert.build_keras_model(vggface.vggface_netspec(**TINY))
+    model = caffe.build_keras_model(vggface.vggface_netspec(**TINY))
     assert vggface.class_names(model) is None
     top = vggface.top_identities(model, np.zeros((2, 32, 32, 3), np.float32), k=2)
     assert len(top) == 2 and all(name.isdigit() for name, _ in top[0])

@@ -9,7 +9,8 @@ import ipywidgets
 import keras
 import pytest
 
-from helpers import convert, finetune, vggface, widgets
+from helpers import caffe
+from helpers import finetune, vggface, widgets
 from helpers.finetune import FreezePlan
 
 
@@ -17,7 +18,7 @@ from helpers.finetune import FreezePlan
 def model():
     keras.utils.set_random_seed(0)
     net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=2, input_hw=(32, 32))
-    return convert.build_keras_model(net)
+    return caffe.build_keras_model(net)
 
 
 def ticked(panel):

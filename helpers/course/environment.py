@@ -271,7 +271,7 @@ def start(mode: str | None = "auto", seed: int = 42, build_quick_world: bool = T
     set_seeds(seed)
     assets = paths.assets_for(mode)
     if mode == "quick" and build_quick_world:
-        from . import synthetic  # only quick mode needs the renderer and the pretraining
+        from .. import synthetic  # only quick mode needs the renderer and the pretraining
 
         synthetic.ensure_built()
     elif mode == "full":

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ENV_HOME = "COURSE_HOME"
 ENV_BUILD = "COURSE_BUILD_DIR"

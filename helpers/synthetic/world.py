@@ -1,40 +1,22 @@
-"""Quick mode's world: synthetic faces in Adience's layout and a miniature VGG-Face pretrained on them.
+"""The synthetic world's populations, written in Adience's layout, built once and cached.
 
-The real course fine-tunes VGG-Face (580 MB, trained on 2.6 million photos of 2,622 people)
-on Adience. Quick mode replaces both with a faithful miniature of the same story, built on
-this machine in a few minutes, and says plainly that it is synthetic:
-
-- a **source** population of synthetic people with identity labels
-  (``data/synthetic/source/faces.npz``), on which a miniature VGG-Face (same 13 convolutions,
-  same layer names, 1/8 of the channels, 64x64 input) is trained to recognise identities;
-- a disjoint **target** population written exactly like Adience
+- the **source** population: synthetic people with identity labels
+  (``data/synthetic/source/faces.npz``), on which the miniature VGG-Face is pretrained;
+- the **target** population, disjoint from it, written exactly like Adience
   (``data/synthetic/adience``: ``aligned/<user_id>/landmark_aligned_face.<face_id>.<image>``
-  JPEGs and ``fold_0_data.txt`` ... ``fold_4_data.txt``), labelled with gender and age;
-- the miniature network published like the real release (``weights/mini_vggface``:
-  ``VGG_FACE_deploy.prototxt`` in the V1 syntax, ``VGG_FACE.caffemodel``, ``names.txt``,
-  ``sample.png``, ``sample_identity.txt``), so that the conversion notebook runs the same
-  code on both.
+  JPEGs and ``fold_0_data.txt`` ... ``fold_4_data.txt``), labelled with gender and age.
 
-The network is trained with BatchNorm (plain VGG trains badly from scratch) and the
-BatchNorm is folded into the convolution and fc weights before export, so what is published
-is the plain Caffe topology.
-
-``ensure_built()`` (and ``python -m helpers.synthetic [--force] [--seed N]``) builds
-everything once; a manifest written LAST records the parameters and package versions, and a
-later call with the same ones does nothing. Every part is built in a temporary folder and
-renamed when complete, so an interrupted build never looks complete. ``story_checks()``
-measures that transfer really helps (the numbers the course quotes in quick mode).
+``ensure_built()`` builds everything once; a manifest written LAST records the parameters and
+package versions, and a later call with the same ones does nothing. Every part is built in a
+temporary folder and renamed when complete, so an interrupted build never looks complete.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import os
 import platform
-import sys
 import time
 import zipfile
 from dataclasses import dataclass
@@ -43,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import paths
-from .fileio import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
-from .synthetic_faces import AGE_GROUPS, Person, render_face, sample_nuisance, sample_person
+from ..course import paths
+from ..course.fileio import atomic_dir, atomic_path, write_json_atomic
+from .faces import AGE_GROUPS, Person, render_face, sample_nuisance, sample_person
 
 # Bump when the renderer or the training recipe changes: a new version rebuilds cached worlds.
 GENERATOR_VERSION = 3
@@ -281,7 +263,7 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
             text = "\t".join(ADIENCE_COLUMNS) + "\n" + "".join(r + "\n" for r in fold_rows)
             (tmp / f"fold_{k}_data.txt").write_text(text, encoding="utf-8")
         (tmp / "README.txt").write_text(
-            "SYNTHETIC faces drawn by helpers/synthetic.py for the course's quick mode; not Adience.\n"
+            "SYNTHETIC faces drawn by helpers/synthetic/ for the course's quick mode; not Adience.\n"
             "Same layout as Adience: aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>\n"
             "and fold_0_data.txt ... fold_4_data.txt (tab-separated, Adience's columns).\n", encoding="utf-8")
     if bar is not None:
@@ -290,159 +272,6 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
     return {"faces": len(faces), "users": config.target_users, "persons": len(people),
             "faces_per_fold": [len(r) for r in rows],
             "gender_counts": {g: genders.count(g) for g in ("m", "f", "u")}}
-
-
-# ----------------------------------------------------------------------------- the miniature VGG-Face
-
-def build_training_model(n_classes: int, config: SyntheticConfig):
-    """The training twin of the mini VGG-Face: Caffe's names, BatchNorm after every conv and fc.
-
-    Input RGB 0-255; the first layer is the same ``VGGFacePreprocess`` the converted model
-    uses, so the weights learned here see exactly what they will see after conversion.
-    """
-    import keras
-
-    from .vggface import VGGFacePreprocess
-
-    s = config.image_size
-    inputs = keras.Input((s, s, 3), name="data")
-    x = VGGFacePreprocess(name="preprocess")(inputs)
-    for b, (width, n_convs) in enumerate(zip(config.conv_widths, (2, 2, 3, 3, 3)), start=1):
-        for i in range(1, n_convs + 1):
-            name = f"conv{b}_{i}"
-            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
-            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-            x = keras.layers.ReLU(name=f"relu{b}_{i}")(x)
-        x = keras.layers.MaxPooling2D(2, 2, name=f"pool{b}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    for j, width in zip((6, 7), config.fc_widths):
-        x = keras.layers.Dense(width, use_bias=False, name=f"fc{j}")(x)
-        x = keras.layers.BatchNormalization(name=f"fc{j}_bn")(x)
-        x = keras.layers.ReLU(name=f"relu{j}")(x)
-        x = keras.layers.Dropout(config.dropout, name=f"drop{j}")(x)
-    x = keras.layers.Dense(n_classes, name="fc8")(x)
-    outputs = keras.layers.Softmax(name="prob")(x)
-    return keras.Model(inputs, outputs, name="mini_vggface_train")
-
-
-def _augment(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
-    """Random horizontal flips and small shifts (edge-padded), in numpy so that they are exactly reproducible."""
-    n, h, w, _ = images.shape
-    flip = rng.random(n) < 0.5
-    out = images.copy()
-    out[flip] = out[flip, :, ::-1]
-    pad = np.pad(out, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
-    dy = rng.integers(0, 2 * max_shift + 1, n)
-    dx = rng.integers(0, 2 * max_shift + 1, n)
-    for i in range(n):
-        out[i] = pad[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-    return out
-
-
-def pretrain(source: dict[str, np.ndarray], config: SyntheticConfig, progress: bool = True):
-    """Train the BatchNorm twin on the source identities; returns (model, held-out accuracy)."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    try:
-        train = ~source["heldout"]
-        x_train = source["images"][train].astype(np.float32)
-        y_train = source["labels"][train]
-        x_held = source["images"][~train].astype(np.float32)
-        y_held = source["labels"][~train]
-        n_classes = len(source["names"])
-        model = build_training_model(n_classes, config)
-        steps = config.epochs * int(np.ceil(len(x_train) / config.batch_size))
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        rng = _rng(config.seed, 9, 0)
-        shift = max(1, config.image_size // 16)
-        for epoch in range(config.epochs):
-            order = rng.permutation(len(x_train))
-            xb = _augment(x_train[order], rng, shift)
-            t0 = time.time()
-            hist = model.fit(xb, y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
-            if progress:
-                print(f"pretraining epoch {epoch + 1}/{config.epochs}: loss {hist.history['loss'][-1]:.3f}, "
-                      f"train accuracy {hist.history['accuracy'][-1]:.3f} ({time.time() - t0:.1f} s)", flush=True)
-        probs = model.predict(x_held, batch_size=256, verbose=0)
-        accuracy = float(np.mean(np.argmax(probs, -1) == y_held))
-        if progress:
-            print(f"pretraining: identity accuracy on held-out images {accuracy:.3f}", flush=True)
-        return model, accuracy
-    finally:
-        _disable_op_determinism()
-
-
-def _disable_op_determinism():
-    # Determinism costs speed in the notebooks that train later; public TF only offers "enable".
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        tf_config.disable_op_determinism()
-    except (ImportError, AttributeError):
-        pass
-
-
-def netspec_for(config: SyntheticConfig, n_classes: int):
-    from .vggface import vggface_netspec
-
-    return vggface_netspec(conv_widths=config.conv_widths, fc_widths=config.fc_widths, n_classes=n_classes,
-                           input_hw=(config.image_size, config.image_size), name="MINI_VGG_FACE_synthetic")
-
-
-def fold_batchnorm(train_model, config: SyntheticConfig, names: list[str]):
-    """The plain (Caffe-topology) Keras model with each BatchNorm folded into the layer before it."""
-    from .convert import build_keras_model
-
-    net = netspec_for(config, len(names))
-    plain = build_keras_model(net, class_names=list(names))
-    for layer in train_model.layers:
-        if not (layer.name.startswith("conv") or layer.name.startswith("fc")) or layer.name.endswith("_bn"):
-            continue
-        weights = layer.get_weights()
-        kernel = weights[0]
-        bias = weights[1] if len(weights) > 1 else np.zeros(kernel.shape[-1], np.float32)
-        try:
-            bn = train_model.get_layer(f"{layer.name}_bn")
-        except ValueError:
-            bn = None
-        if bn is not None:
-            gamma, beta, mean, var = bn.get_weights()
-            scale = gamma / np.sqrt(var + bn.epsilon)
-            kernel = kernel * scale  # scales the output channel (last axis) of conv and dense kernels
-            bias = (bias - mean) * scale + beta
-        target = plain.get_layer(layer.name)
-        expected = [tuple(w.shape) for w in target.get_weights()]
-        if expected != [kernel.shape, bias.shape]:
-            raise ValueError(f"layer {layer.name!r}: folded weights {[kernel.shape, bias.shape]} do not fit the "
-                             f"plain model's {expected}")
-        target.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-    return plain, net
-
-
-def export_caffe(plain_model, net, folder: str | os.PathLike, names: list[str],
-                 sample_image: np.ndarray, sample_identity: str) -> None:
-    """Write the tarball layout (prototxt V1, caffemodel V1, names, sample) into ``folder``."""
-    from PIL import Image
-
-    from .caffe_format import write_caffemodel, write_prototxt
-    from .convert import keras_to_caffe_blobs
-
-    folder = Path(folder)
-    write_prototxt(folder / "VGG_FACE_deploy.prototxt", net, syntax="v1")
-    write_caffemodel(folder / "VGG_FACE.caffemodel", keras_to_caffe_blobs(plain_model, net), format="v1")
-    write_text_atomic(folder / "names.txt", "".join(f"{n}\n" for n in names))
-    with atomic_path(folder / "sample.png") as tmp:
-        Image.fromarray(sample_image).save(tmp, format="PNG")
-    write_text_atomic(folder / "sample_identity.txt", sample_identity + "\n")
-    write_text_atomic(folder / "README.txt",
-                      "A MINIATURE VGG-Face trained on SYNTHETIC faces by helpers/synthetic.py (quick mode).\n"
-                      "Same topology and layer names as VGG-Face, 1/8 of the channels, 64x64 input.\n"
-                      "Not the real network: for the real one run `python -m helpers.assets fetch vgg_face_caffe`.\n")
 
 
 # ----------------------------------------------------------------------------- build and cache
@@ -497,6 +326,8 @@ def ensure_built(force: bool = False, seed: int = 0, progress: bool = True,
         if progress:
             print(f"synthetic world already built ({manifest_path()}); use force=True / --force to rebuild")
         return {**manifest, "built_now": False}
+
+    from .pretrain import export_caffe, fold_batchnorm, pretrain  # Keras loads only when a build is needed
 
     t_start = time.time()
     # The old manifest goes first: from here until the new one is written, nothing looks complete.
@@ -557,167 +388,3 @@ def ensure_built(force: bool = False, seed: int = 0, progress: bool = True,
     return {**manifest, "built_now": True}
 
 
-# ----------------------------------------------------------------------------- story checks
-
-def _load_target(max_faces: int | None, seed: int):
-    from PIL import Image
-
-    from .data import apply_protocol, read_adience_folds
-
-    root = paths.assets_for("quick").dataset_root
-    df, _ = apply_protocol(read_adience_folds(root), "binary")
-    if max_faces is not None and len(df) > max_faces:
-        df = df.sample(n=max_faces, random_state=seed).sort_index()
-    images = np.stack([np.asarray(Image.open(root / p).convert("RGB"), np.float32) for p in df["path"]])
-    return df.reset_index(drop=True), images
-
-
-def _probe_accuracy(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_splits: int = 5) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    correct = 0
-    for train, test in GroupKFold(n_splits=n_splits).split(features, labels, groups):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
-        clf.fit(features[train], labels[train])
-        correct += int(np.sum(clf.predict(features[test]) == labels[test]))
-    return correct / len(labels)
-
-
-def story_checks(*, shots: int = 5, draws: int = 5, max_faces: int | None = None, scratch_epochs: int = 40,
-                 seed: int = 0, record: bool = True, progress: bool = True) -> dict:
-    """Measure the quick-mode story on the built world, with the CONVERTED miniature weights.
-
-    - ``probe_pool1`` / ``probe_fc7``: subject-exclusive (GroupKFold by user) logistic-regression
-      probes for gender on globally average-pooled ``pool1`` features and on ``fc7`` features;
-    - ``fewshot_transfer`` / ``fewshot_scratch``: with ``shots`` labelled faces per class (from
-      the training folds), logistic regression on L2-normalised transferred ``fc7`` features against the same
-      network trained from scratch on those faces; test on the other users; mean over ``draws``;
-    - ``identity_accuracy``: the pretraining's held-out identity accuracy (from the manifest).
-
-    Records ``synthetic.probe.pool1``, ``synthetic.probe.fc7``, ``synthetic.fewshot<shots>.transfer``,
-    ``synthetic.fewshot<shots>.scratch`` and ``synthetic.pretrain.identity_accuracy``.
-    """
-    import keras
-    from .convert import convert
-    from .embeddings import fewshot_classifier
-    from .vggface import feature_model
-
-    manifest = json.loads(manifest_path().read_text(encoding="utf-8"))
-    config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
-    assets = paths.assets_for("quick")
-    model = convert(assets.prototxt, assets.caffemodel, names=assets.names, progress=False)
-    df, images = _load_target(max_faces, seed)
-    labels = df["label"].to_numpy()
-    groups = df["user_id"].to_numpy()
-    pool1, fc7 = feature_model(model, ["pool1", "fc7"]).predict(images, batch_size=128, verbose=0)
-    pool1 = pool1.mean(axis=(1, 2))
-    out = {"faces": len(df), "users": int(df["user_id"].nunique())}
-    out["probe_pool1"] = _probe_accuracy(pool1, labels, groups)
-    out["probe_fc7"] = _probe_accuracy(fc7, labels, groups)
-    if progress:
-        print(f"gender probes (GroupKFold by user, {len(df)} faces): pool1 {out['probe_pool1']:.3f}, fc7 {out['probe_fc7']:.3f}")
-
-    rng = np.random.default_rng(seed)
-    test_mask = df["fold"].to_numpy() == 0  # test on fold 0's users; labelled shots come from the others
-    transfer, scratch = [], []
-    # One scratch network, compiled once (tracing dominates at this size); every draw restarts
-    # it from its own fresh random initialisation and a zeroed optimizer state.
-    keras.utils.set_random_seed(seed)
-    net = build_training_model(2, config)
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    for draw in range(draws):
-        pick = []
-        for c in (0, 1):
-            pool = np.flatnonzero(~test_mask & (labels == c))
-            pick.extend(rng.choice(pool, size=min(shots, len(pool)), replace=False))
-        pick = np.array(pick)
-        clf = fewshot_classifier().fit(fc7[pick], labels[pick])  # notebook 03's recipe
-        transfer.append(float(np.mean(clf.predict(fc7[test_mask]) == labels[test_mask])))
-        keras.utils.set_random_seed(seed * 1000 + draw)
-        net.set_weights(build_training_model(2, config).get_weights())
-        for variable in net.optimizer.variables:
-            variable.assign(np.zeros(variable.shape, variable.dtype))
-        x = np.concatenate([images[pick], images[pick][:, :, ::-1]])  # + mirrored copies
-        y = np.concatenate([labels[pick], labels[pick]])
-        net.fit(x, y, epochs=scratch_epochs, batch_size=len(x), verbose=0)
-        pred = np.argmax(net.predict(images[test_mask], batch_size=256, verbose=0), -1)
-        scratch.append(float(np.mean(pred == labels[test_mask])))
-    out[f"fewshot{shots}_transfer"] = float(np.mean(transfer))
-    out[f"fewshot{shots}_scratch"] = float(np.mean(scratch))
-    out["identity_accuracy"] = float(manifest["pretrain"]["identity_accuracy_heldout"])
-    if progress:
-        print(f"{shots} faces per class ({draws} draws): transfer (L2-normalised fc7 + logistic regression) "
-              f"{out[f'fewshot{shots}_transfer']:.3f}, from scratch {out[f'fewshot{shots}_scratch']:.3f}")
-    out["shots"] = shots
-    if record:
-        record_story(out)
-    return out
-
-
-def record_story(story: dict) -> None:
-    """Write story_checks() numbers to build/results.json under their ``synthetic.*`` keys."""
-    from . import results
-
-    shots = story.get("shots", 5)
-    results.record("synthetic.probe.pool1", story["probe_pool1"])
-    results.record("synthetic.probe.fc7", story["probe_fc7"])
-    results.record(f"synthetic.fewshot{shots}.transfer", story[f"fewshot{shots}_transfer"])
-    results.record(f"synthetic.fewshot{shots}.scratch", story[f"fewshot{shots}_scratch"])
-    results.record("synthetic.pretrain.identity_accuracy", story["identity_accuracy"])
-
-
-def story_path() -> Path:
-    return manifest_path().with_name("story.json")
-
-
-def story_numbers(record: bool = True, progress: bool = True) -> dict:
-    """story_checks() of the built world, computed once per build and cached beside the manifest.
-
-    The cache names the manifest's SHA-256, so a rebuilt world is measured again. With
-    ``record`` the numbers also go to build/results.json (the course runner does this on
-    every quick run, so results.json always says how strong the synthetic story is).
-    """
-    if not manifest_path().is_file():
-        raise FileNotFoundError(f"no synthetic world at {manifest_path()}: run python -m helpers.synthetic first")
-    build_id = hashlib.sha256(manifest_path().read_bytes()).hexdigest()
-    cached = json.loads(story_path().read_text(encoding="utf-8")) if story_path().is_file() else {}
-    if cached.get("manifest_sha256") == build_id:
-        story = cached["story"]
-        if progress:
-            print(f"story checks of this build (cached in {story_path()}):")
-    else:
-        if progress:
-            print("measuring the story of this build once (linear probes, 5-shot transfer vs scratch) ...")
-        story = story_checks(record=False, progress=progress)
-        write_json_atomic(story_path(), {"manifest_sha256": build_id, "story": story})
-    if progress:
-        shots = story.get("shots", 5)
-        print(f"  gender probe on pool1 {story['probe_pool1']:.3f}, on fc7 {story['probe_fc7']:.3f}; "
-              f"{shots} faces per class: transfer {story[f'fewshot{shots}_transfer']:.3f}, "
-              f"from scratch {story[f'fewshot{shots}_scratch']:.3f}; "
-              f"identity accuracy of the pretraining {story['identity_accuracy']:.3f}")
-    if record:
-        record_story(story)
-    return story
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--force", action="store_true", help="rebuild even if an identical build exists")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the whole world (default 0)")
-    parser.add_argument("--check", action="store_true", help="also run story_checks() and print the numbers")
-    args = parser.parse_args(argv)
-    manifest = ensure_built(force=args.force, seed=args.seed, progress=True)
-    print(json.dumps({k: manifest[k] for k in ("target", "pretrain", "seconds")}, indent=2))
-    if args.check:
-        print(json.dumps(story_numbers(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -184,7 +184,7 @@ def _error_summary(exc: Exception) -> str:
 
 def prepare_synthetic_world() -> None:
     """Quick mode's assets: the synthetic world (built once) and how strong its story is."""
-    from . import synthetic
+    from .. import synthetic
 
     synthetic.ensure_built()
     synthetic.story_numbers(record=True)

@@ -1,0 +1,32 @@
+"""Caffe files, read and written with nothing but Python and numpy, and converted to Keras.
+
+A Caffe release is a ``.prototxt`` (the network, protobuf *text* format) and a
+``.caffemodel`` (the weights, protobuf *binary* format). One module per step:
+
+- ``spec``: the plain objects every step speaks (``NetSpec``, ``LayerSpec``, ``CaffeLayerBlobs``);
+- ``prototxt``: the text parser (``parse_prototxt``);
+- ``caffemodel``: the binary reader (``read_caffemodel``, memory-mapped, ``numpy.frombuffer``);
+- ``writer``: both formats written back (``write_prototxt``, ``write_caffemodel``);
+- ``keras_model``: Caffe layers -> a functional Keras model (``build_keras_model``);
+- ``layers``: the Keras layers Caffe has and Keras lacks;
+- ``weights``: Caffe blobs <-> Keras weights (the layout traps);
+- ``convert``: end to end (``convert``, ``load_or_convert``) and ``python -m helpers.convert``;
+- ``verify``: the independent check (OpenCV's importer, or a numpy forward pass) and the traps.
+
+Importing this package does not load Keras; building or loading a model does.
+"""
+from .caffemodel import read_caffemodel
+from .convert import load_or_convert, save_atomically  # the function convert() lives in helpers.caffe.convert
+from .keras_model import build_keras_model, set_class_names, unsupported_layers
+from .prototxt import parse_prototxt
+from .spec import V1_LAYER_TYPES, V1_TO_V2_TYPE, CaffeFormatError, CaffeLayerBlobs, ConversionError, EnumValue, LayerSpec, NetSpec
+from .weights import keras_to_caffe_blobs, load_caffe_weights
+from .writer import format_prototxt, write_caffemodel, write_prototxt
+
+__all__ = [
+    "V1_LAYER_TYPES", "V1_TO_V2_TYPE", "CaffeFormatError", "CaffeLayerBlobs", "ConversionError", "EnumValue", "LayerSpec",
+    "NetSpec", "build_keras_model",
+    "format_prototxt", "keras_to_caffe_blobs", "load_caffe_weights", "load_or_convert",
+    "parse_prototxt", "read_caffemodel", "save_atomically", "set_class_names", "unsupported_layers",
+    "write_caffemodel", "write_prototxt",
+]
