@@ -347,20 +347,34 @@ def assemble_gender_model(base: keras.Model, head: keras.Model) -> keras.Model:
     return model
 
 
+def array_batches(x, y, batch_size: int = 256):
+    """``(x, y)`` arrays in slices of ``batch_size`` rows.
+
+    A function of its own, so the slices read this call's ``x`` and ``y``: a generator
+    expression inside the caller would read the caller's names when it runs, after the
+    caller's loop has rebound them to the first batch.
+    """
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    for start in range(0, len(x), int(batch_size)):
+        yield x[start:start + batch_size], y[start:start + batch_size]
+
+
 def accuracy(model: keras.Model, data, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` arrays or a dataset of ``(x, y[, w])`` batches.
+    """Top-1 accuracy of ``model`` on ``(x, y)`` arrays or a dataset of ``(x, y[, w])`` batches,
+    counted over every row.
 
     Called eagerly batch by batch: ``predict`` would retrace its graph for every new array size.
     """
     if isinstance(data, tuple):
-        x, y = data
-        data = ((x[i:i + batch_size], np.asarray(y)[i:i + batch_size]) for i in range(0, len(x), batch_size))
+        data = array_batches(*data, batch_size=batch_size)
     correct = total = 0
     for batch in data:
-        x, y = batch[0], np.asarray(batch[1])
-        pred = np.asarray(model(x, training=False)).argmax(-1)
-        correct += int(np.sum(pred == y))
-        total += len(y)
+        images, labels = batch[0], np.asarray(batch[1])
+        predicted = keras.ops.convert_to_numpy(model(images, training=False)).argmax(-1)
+        correct += int(np.sum(predicted == labels))
+        total += len(labels)
     if total == 0:
         raise ValueError("cannot measure accuracy on an empty dataset")
     return correct / total

@@ -148,6 +148,20 @@ def test_head_training_curve_starts_with_the_random_head_and_learns():
     assert len(run.epoch_seconds) == 5 and run.seconds_per_epoch > 0
 
 
+def test_accuracy_counts_every_row_of_arrays_and_datasets_larger_than_one_batch():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(700, 16)).astype("float32")  # 700 rows: two full batches of 256 and a partial one
+    y = rng.integers(0, 2, size=700).astype("int32")
+    head = finetune.build_head(16, ("m", "f"), seed=1)
+    direct = float(np.mean(np.argmax(head.predict(x, verbose=0), axis=-1) == y))  # numpy, all 700 rows
+    assert finetune.accuracy(head, (x, y), batch_size=256) == pytest.approx(direct, abs=1e-12)
+    assert finetune.accuracy(head, dataset(x, y, batch_size=64)) == pytest.approx(direct, abs=1e-12)
+    first_batch_only = float(np.mean(np.argmax(head.predict(x[:256], verbose=0), -1) == y[:256]))
+    assert direct != first_batch_only  # so the check above would catch counting one batch
+    with pytest.raises(ValueError, match="700 inputs but 699 labels"):
+        finetune.accuracy(head, (x, y[:-1]))
+
+
 def test_head_training_rejects_bad_inputs():
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         finetune.train_head_on_features(np.zeros((4, 2, 2)), np.zeros(4), epochs=1)
