@@ -9,12 +9,12 @@ import pytest
 
 from helpers import caffe
 from helpers import architecture, vggface
+from tests.tiny_vgg import keras_tiny_vggface
 
 
 @pytest.fixture(scope="module")
 def tiny_vggface():
-    net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=(32, 32))
-    return caffe.build_keras_model(net)
+    return keras_tiny_vggface()
 
 
 def test_vgg16_pool5_receptive_field_is_212_with_stride_32():

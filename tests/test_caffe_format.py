@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import caffe as cf
-from tests.caffe_fixtures import blob_shapes, random_blobs, tiny_vgg_netspec, write_tiny_vgg
+from tests.tiny_vgg import blob_shapes, random_blobs, tiny_vgg_netspec, write_tiny_vgg
 
 # ----------------------------------------------------------------------------- text fixtures
 

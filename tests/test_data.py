@@ -2,9 +2,7 @@
 image validation. Fixtures are written here, in the real fold-file format."""
 from __future__ import annotations
 
-import os
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image

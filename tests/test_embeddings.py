@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from helpers import embeddings
+from tests.tiny_vgg import keras_tiny_vggface
 
 
 def blobs(n_per_class=30, dim=8, gap=6.0, seed=0, informative=1):
@@ -132,11 +133,9 @@ def test_scratch_fewshot_trains_a_fresh_network_per_draw():
 
 
 def test_scratch_builder_gives_fresh_weights_on_the_same_architecture():
-    from helpers import caffe
     from helpers import vggface
 
-    net = vggface.vggface_netspec(conv_widths=(2, 2, 4, 4, 4), fc_widths=(8, 8), n_classes=5, input_hw=(32, 32))
-    pretrained = caffe.build_keras_model(net)
+    pretrained = keras_tiny_vggface()
     before = pretrained.get_layer("conv3_1").get_weights()[0].copy()
     scratch = embeddings.scratch_builder(pretrained, ("m", "f"))(7)
     assert [l.name for l in scratch.layers if l.weights][:13] == vggface.layer_blocks(pretrained)["block1"] + \

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import evaluation as ev
+from tests.tiny_vgg import keras_tiny_vggface
 
 NAMES = ("m", "f")
 
@@ -294,8 +295,7 @@ def test_head_on_features_trainer_learns_separable_features_per_fold():
 def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
     from PIL import Image
 
-    from helpers import caffe
-    from helpers import finetune, vggface
+    from helpers import finetune
 
     df = folds_frame(n_users=10, faces=3, seed=1)
     paths = []
@@ -311,8 +311,7 @@ def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
 
     def load_base():
         loads.append(1)
-        net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=(32, 32))
-        return caffe.build_keras_model(net)
+        return keras_tiny_vggface(seed=len(loads))
 
     head = finetune.build_head(16, NAMES, seed=5)  # as if trained on fold 0's fc7 features
     trainer = ev.finetune_trainer(
@@ -365,11 +364,9 @@ def test_split_from_summary_reads_the_split_of_notebook_05():
 
 
 def test_plan_for_config_accepts_a_block_or_a_list_of_layers():
-    from helpers import caffe
     from helpers import vggface
 
-    net = vggface.vggface_netspec(conv_widths=(2, 2, 2, 2, 2), fc_widths=(4, 4), n_classes=3, input_hw=(32, 32))
-    model = vggface.replace_head(caffe.build_keras_model(net), NAMES)
+    model = vggface.replace_head(keras_tiny_vggface(), NAMES)
     assert ev.plan_for_config(model, {"from_block": "block5"}).trainable == {"conv5_1", "conv5_2", "conv5_3", "fc6", "fc7", "fc8"}
     assert ev.plan_for_config(model, {"from_block": ["fc7"]}, finetune_epochs=2).trainable == {"fc7", "fc8"}
 
@@ -390,11 +387,9 @@ def test_best_finetune_config_never_returns_head_only():
 
 
 def test_load_trained_model_prefers_finetuned_and_checks_classes(tmp_path):
-    from helpers import caffe
     from helpers import vggface
 
-    net = vggface.vggface_netspec(conv_widths=(2, 2, 2, 2, 2), fc_widths=(4, 4), n_classes=3, input_hw=(32, 32))
-    base = caffe.build_keras_model(net)
+    base = keras_tiny_vggface()
     vggface.replace_head(base, ("m", "f")).save(tmp_path / "head_only.keras")
     model, how = ev.load_trained_model(tmp_path, ("m", "f"), (32, 32))
     assert model is not None and "head_only.keras" in how

@@ -9,16 +9,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import caffe
 from helpers import features, vggface
+from tests.tiny_vgg import keras_tiny_vggface
 
 LAYERS = ["pool1", "pool3", "pool5", "fc6", "fc7"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=(32, 32))
-    return caffe.build_keras_model(net)
+    return keras_tiny_vggface()
 
 
 @pytest.fixture(scope="module")

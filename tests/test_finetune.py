@@ -12,18 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import caffe
 from helpers import finetune, vggface
 from helpers.finetune import FreezePlan
+from tests.tiny_vgg import keras_tiny_vggface
 
 HW = (32, 32)
 
 
 def tiny_vggface(seed: int = 0) -> keras.Model:
     """A VGG-Face-shaped network (Caffe names, preprocessing inside), 4..8 channels wide."""
-    keras.utils.set_random_seed(seed)
-    net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=5, input_hw=HW)
-    return caffe.build_keras_model(net)
+    return keras_tiny_vggface(seed=seed, hw=HW)
 
 
 def gender_model(seed: int = 0) -> keras.Model:

@@ -9,10 +9,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import caffe
 from helpers import vggface  # noqa: E402
+from tests.tiny_vgg import keras_tiny_vggface
 
-TINY = dict(conv_widths=(2, 4, 4, 4, 4), fc_widths=(8, 8), n_classes=5, input_hw=(32, 32))
 # conv1_1 .. conv5_3, then fc6, fc7, fc8, exactly as in the published VGG_FACE_deploy.prototxt
 VGG_FACE_LAYERS = (
     "conv1_1 relu1_1 conv1_2 relu1_2 pool1 conv2_1 relu2_1 conv2_2 relu2_2 pool2 "
@@ -24,7 +23,7 @@ VGG_FACE_LAYERS = (
 @pytest.fixture(scope="module")
 def tiny_model():
     names = ["ann", "bob", "cid", "dee", "eve"]
-    return caffe.build_keras_model(vggface.vggface_netspec(**TINY), class_names=names)
+    return keras_tiny_vggface(class_names=names)
 
 
 def test_preprocess_swaps_to_bgr_and_subtracts_mean():
@@ -88,7 +87,7 @@ def test_top_identities_orders_by_probability(tiny_model):
 
 
 def test_class_names_none_without_names():
-    model = caffe.build_keras_model(vggface.vggface_netspec(**TINY))
+    model = keras_tiny_vggface()
     assert vggface.class_names(model) is None
     top = vggface.top_identities(model, np.zeros((2, 32, 32, 3), np.float32), k=2)
     assert len(top) == 2 and all(name.isdigit() for name, _ in top[0])
@@ -100,7 +99,7 @@ def test_replace_head_keeps_other_weights(tiny_model):
     assert vggface.class_names(model) == ["m", "f"]
     assert model.get_layer("fc8").input is tiny_model.get_layer("drop7").output
     np.testing.assert_array_equal(model.get_layer("fc7").get_weights()[0], tiny_model.get_layer("fc7").get_weights()[0])
-    assert model.get_layer("fc8").get_weights()[0].shape == (8, 2)
+    assert model.get_layer("fc8").get_weights()[0].shape == (16, 2)
     again = vggface.replace_head(tiny_model, class_names=("m", "f"), seed=0)
     np.testing.assert_array_equal(again.get_layer("fc8").get_weights()[0], model.get_layer("fc8").get_weights()[0])
 
@@ -116,10 +115,10 @@ def test_replace_head_saved_and_loaded(tiny_model, tmp_path):
 
 def test_feature_model(tiny_model):
     single = vggface.feature_model(tiny_model, "pool5")
-    assert single.output.shape == (None, 1, 1, 4)
+    assert single.output.shape == (None, 1, 1, 8)
     pair = vggface.feature_model(tiny_model, ["fc7", "pool3"])
     fc7, pool3 = pair(np.zeros((1, 32, 32, 3), np.float32))
-    assert fc7.shape == (1, 8) and pool3.shape == (1, 4, 4, 4)
+    assert fc7.shape == (1, 16) and pool3.shape == (1, 4, 4, 8)
     with pytest.raises(ValueError, match="no layer"):
         vggface.feature_model(tiny_model, ["fc9"])
 

@@ -6,19 +6,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import ipywidgets
-import keras
 import pytest
 
-from helpers import caffe
-from helpers import finetune, vggface, widgets
+from helpers import finetune, widgets
 from helpers.finetune import FreezePlan
+from tests.tiny_vgg import keras_tiny_vggface
 
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    net = vggface.vggface_netspec(conv_widths=(4, 4, 8, 8, 8), fc_widths=(16, 16), n_classes=2, input_hw=(32, 32))
-    return caffe.build_keras_model(net)
+    return keras_tiny_vggface(classes=2)
 
 
 def ticked(panel):

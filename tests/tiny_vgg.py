@@ -1,13 +1,14 @@
-"""Test support: tiny VGG-Face-shaped Caffe nets with seeded random weights.
+"""Test support: tiny VGG-Face-shaped networks, as Caffe files or as Keras models, seeded.
 
 The topology and layer names are VGG-Face's exactly (``conv1_1`` ... ``conv5_3`` with their
 ReLUs applied in place, ``pool1`` ... ``pool5`` MAX 2x2 stride 2, ``fc6``/``relu6``/``drop6``,
 ``fc7``/``relu7``/``drop7``, ``fc8``, ``prob``); only the widths and the input size shrink so
-that tests run in milliseconds. Other test modules import these (e.g. the Keras conversion
-tests compare against OpenCV's reading of the same files)::
+that tests run in milliseconds. Test modules import these (``tests/conftest.py`` also offers
+them as fixtures)::
 
-    from tests.caffe_fixtures import write_tiny_vgg, random_blobs, tiny_vgg_netspec
-    proto, model = write_tiny_vgg(tmp_path, seed=0)
+    from tests.tiny_vgg import keras_tiny_vggface, write_tiny_vgg
+    proto, caffemodel = write_tiny_vgg(tmp_path, seed=0)
+    model = keras_tiny_vggface(seed=0)          # a converted-looking Keras model, 4..8 channels
 
 Blobs come in Caffe's natural layouts: conv weights ``(out, in, kh, kw)``, fc weights
 ``(out, in)`` (``in`` flattened from ``(C, H, W)`` in Caffe's C-major order), biases ``(out,)``.
@@ -104,3 +105,21 @@ def write_tiny_vgg(tmp_dir, *, widths=(4, 8, 8, 16, 16), fc=(32, 32), classes=10
     model = write_caffemodel(tmp_dir / f"{stem}.caffemodel", random_blobs(net, seed), format=format,
                              legacy_dims=legacy_dims, packed=packed, name=net.name)
     return proto, model
+
+
+# The Keras model most unit tests train and measure: VGG-Face's layers and names, 4..8 channels.
+KERAS_WIDTHS = (4, 4, 8, 8, 8)
+KERAS_FC = (16, 16)
+
+
+def keras_tiny_vggface(*, widths=KERAS_WIDTHS, fc=KERAS_FC, classes: int = 5, hw=(32, 32), seed: int = 0,
+                       class_names=None):
+    """A randomly initialised Keras VGG-Face (as ``helpers.caffe.build_keras_model`` builds the
+    converted one: preprocessing inside, Caffe's layer names), seeded."""
+    import keras
+
+    from helpers.caffe import build_keras_model
+
+    keras.utils.set_random_seed(seed)
+    net = vggface_netspec(conv_widths=widths, fc_widths=fc, n_classes=classes, input_hw=hw)
+    return build_keras_model(net, class_names=class_names)

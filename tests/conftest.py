@@ -1,0 +1,43 @@
+"""Shared test set-up: every test runs in its own course folders, and tiny VGG-Face fixtures.
+
+Isolation (autouse): ``COURSE_HOME`` (weights/, data/), ``COURSE_BUILD_DIR`` (build/) and
+``COURSE_RESULTS`` point into the test's temporary folder and ``COURSE_MODE`` is unset, so no
+unit test reads or writes the repository's assets, caches or results. The notebook tests
+(marker ``notebooks``) set up their own course folders and are left alone.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from helpers.course import paths, results
+from tests.tiny_vgg import keras_tiny_vggface, write_tiny_vgg
+
+
+@pytest.fixture(autouse=True)
+def isolated_course(request, tmp_path, monkeypatch):
+    """The test's own assets home, build folder and results file (not for notebook runs)."""
+    if request.node.get_closest_marker("notebooks"):
+        yield None
+        return
+    root = tmp_path / "course"
+    monkeypatch.setenv(paths.ENV_HOME, str(root / "home"))
+    monkeypatch.setenv(paths.ENV_BUILD, str(root / "build"))
+    monkeypatch.setenv(results.ENV_RESULTS, str(root / "build" / "results.json"))
+    monkeypatch.delenv(paths.ENV_MODE, raising=False)
+    yield root
+
+
+@pytest.fixture
+def tiny_vggface():
+    """``tiny_vggface(seed=..., classes=..., class_names=...)``: a fresh tiny Keras VGG-Face."""
+    return keras_tiny_vggface
+
+
+@pytest.fixture
+def tiny_caffe_files(tmp_path):
+    """A tiny VGG-Face release in the real V1 formats: ``(prototxt, caffemodel)``."""
+    return write_tiny_vgg(tmp_path / "tiny_release", seed=0)
