@@ -308,7 +308,7 @@ def fold_split(df: pd.DataFrame, test_fold: int, val_fraction: float = 0.1, seed
     test = df.loc[df["fold"] == test_fold].copy()
     train, val = carve_validation(df.loc[df["fold"] != test_fold], val_fraction, seed)
     split = Split(train, val, test)
-    assert_subject_exclusive(*split)
+    check_subject_exclusive(*split)
     return split
 
 
@@ -319,12 +319,20 @@ def case_study_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0)
             raise ValueError(f"case_study_split needs folds 0 and 1; fold {k} has no rows")
     train, val = carve_validation(df.loc[df["fold"] == 0], val_fraction, seed)
     split = Split(train, val, df.loc[df["fold"] == 1].copy())
-    assert_subject_exclusive(*split)
+    check_subject_exclusive(*split)
     return split
 
 
-def assert_subject_exclusive(*frames: pd.DataFrame, key: str = "user_id") -> None:
-    """Raise ``AssertionError`` naming the subjects that appear in more than one frame."""
+class SubjectLeakError(ValueError):
+    """A person's faces are on both sides of a split (the protocol is subject-exclusive)."""
+
+
+def check_subject_exclusive(*frames: pd.DataFrame, key: str = "user_id", context: str = "") -> None:
+    """Raise :class:`SubjectLeakError` naming the subjects that appear in more than one frame.
+
+    The split functions of this module call it on what they return; call it yourself on a
+    split you made by hand.
+    """
     seen: dict = {}
     shared: dict = {}
     for i, frame in enumerate(frames):
@@ -333,8 +341,11 @@ def assert_subject_exclusive(*frames: pd.DataFrame, key: str = "user_id") -> Non
                 shared.setdefault(u, {seen[u]}).add(i)
             seen.setdefault(u, i)
     if shared:
+        where = f" in {context}" if context else ""
         examples = ", ".join(f"{u!r} in sets {sorted(s)}" for u, s in list(shared.items())[:10])
-        raise AssertionError(f"{len(shared)} {key}(s) appear in more than one set: {examples}")
+        raise SubjectLeakError(f"{len(shared)} {key}(s) appear in more than one set{where}: {examples}"
+                               f"{' ...' if len(shared) > 10 else ''}. The protocol is subject-exclusive: "
+                               "fix the fold assignment.")
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -656,7 +667,7 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default=None, help="dataset root, to count missing images")
     args = parser.parse_args(argv)
     df = read_adience_folds(args.folds_dir, verbose=True)
-    assert_subject_exclusive(*[df.loc[df["fold"] == k] for k in sorted(df["fold"].unique())])
+    check_subject_exclusive(*[df.loc[df["fold"] == k] for k in sorted(df["fold"].unique())])
     print("no user appears in two folds")
     for protocol in PROTOCOLS:
         labelled, names = apply_protocol(df, protocol)

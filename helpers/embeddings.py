@@ -288,7 +288,9 @@ def scratch_fewshot(build_model: Callable[[int], object], train_images, train_la
     # One compiled network, re-initialised per draw: compiling and tracing a fresh model per
     # draw cost seconds each, more than the training itself on small data.
     model = None
-    bar = _bar(len(plan), progress, "from scratch")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(plan), desc="from scratch", disable=not progress)
     rows = []
     try:
         for k, d, idx in plan:
@@ -322,7 +324,9 @@ def scratch_fewshot(build_model: Callable[[int], object], train_images, train_la
 
 def _predict_classes(model, images, batch_size: int = 256) -> np.ndarray:
     """Class ids by direct calls: predict() re-traced its graph for every draw's fresh weights."""
-    out = [np.argmax(np.asarray(model(np.asarray(images[i:i + batch_size], dtype=np.float32), training=False)), axis=-1)
+    import keras
+
+    out = [np.argmax(keras.ops.convert_to_numpy(model(np.asarray(images[i:i + batch_size], dtype=np.float32), training=False)), axis=-1)
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=int)
 
@@ -393,16 +397,3 @@ def plot_fewshot(summary: pd.DataFrame, ax=None, chance: float | None = None):
     ax.legend()
     return ax
 
-
-def _bar(total, enabled, desc):
-    if not enabled:
-        class _No:
-            def update(self, n=1):
-                pass
-
-            def close(self):
-                pass
-        return _No()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc)

@@ -29,11 +29,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .data import AGE_GROUPS
+
 # How a sentence names the people of a class ("x% of women were classified as men").
 CLASS_NOUNS = {"m": "men", "f": "women", "u": "faces labelled other"}
 
 # Adience's eight age groups, youngest first; anything else is reported as "unknown".
-AGE_GROUPS = ("(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)")
 UNKNOWN_GROUP = "unknown"
 
 # Published accuracies on Adience's five-fold subject-exclusive gender protocol (binary m/f).
@@ -460,18 +461,6 @@ def gallery_indices(probs, y_true, k: int = 8) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- cross-validation
-class SubjectLeakError(ValueError):
-    """A user's faces are on both sides of a train/test split."""
-
-
-def check_subject_exclusive(train: pd.DataFrame, test: pd.DataFrame, *, context: str = "", key: str = "user_id") -> None:
-    shared = sorted(set(train[key]) & set(test[key]), key=str)
-    if shared:
-        where = f" in {context}" if context else ""
-        raise SubjectLeakError(
-            f"{len(shared)} user(s) appear in both training and test{where}: {shared[:10]}"
-            f"{' ...' if len(shared) > 10 else ''}. The protocol is subject-exclusive: fix the fold assignment."
-        )
 
 
 @dataclass
@@ -511,7 +500,7 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     The split of each fold is ``helpers.data.fold_split`` (the one notebooks 04 and 05 use).
     ``train_and_predict(train_df, val_df, test_df)`` returns class probabilities for ``test_df``
     (shape ``(len(test_df), K)``). Validation users are carved from the training folds. A fold in
-    which any user is in both training and test raises :class:`SubjectLeakError` before training.
+    which any user is in both training and test raises :class:`helpers.data.SubjectLeakError` before training.
     """
     from . import data
 
@@ -527,12 +516,10 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(k))
     # Check every fold before the first (possibly long) training run.
     for f in folds:
-        check_subject_exclusive(df[df["fold"] != f], df[df["fold"] == f], context=f"fold {f}")
+        data.check_subject_exclusive(df[df["fold"] != f], df[df["fold"] == f], context=f"fold {f}")
     accs, secs, parts = {}, {}, []
     for i, f in enumerate(folds):
         train, val, test = data.fold_split(df, f, val_fraction=val_fraction, seed=seed + f)
-        check_subject_exclusive(train, test, context=f"fold {f}")
-        check_subject_exclusive(val, test, context=f"fold {f} (validation)")
         t0 = time.perf_counter()
         probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
         secs[f] = time.perf_counter() - t0

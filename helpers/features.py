@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .course import paths
-from .course.fileio import atomic_path, write_json_atomic
+from .course.fileio import atomic_path, hash_file, write_json_atomic
 
 REDUCTIONS = ("gap", "gap+proj", None)
 REQUIRED_KEY_PARTS = ("weights", "dataset", "preprocessing", "image_size")
@@ -67,11 +67,7 @@ def file_checksum(path: str | os.PathLike, *, index_path: str | os.PathLike | No
         hit = index.get(str(path))
         if hit and hit.get("stamp") == stamp:
             return hit["sha256"]
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                digest.update(chunk)
-        index[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
+        index[str(path)] = {"stamp": stamp, "sha256": hash_file(path)["sha256"]}
         write_json_atomic(index_path, index)
     return index[str(path)]["sha256"]
 
@@ -207,18 +203,15 @@ def extract_features(
     return {layer: found[layer] for layer in layers}
 
 
-def feature_model(model, layers: list[str]):
-    """A model with the same input and one output per layer in ``layers``."""
-    import keras
-
-    return keras.Model(model.inputs, [model.get_layer(name).output for name in layers],
-                       name=f"{model.name}_features")
-
 
 def _compute(model, images_or_dataset, layers, *, reduce, batch_size, progress, proj_dim, seed):
-    fm = feature_model(model, layers)
+    from . import vggface
+
+    fm = vggface.feature_model(model, list(layers))
     batches, n_batches = _batches(images_or_dataset, batch_size)
-    bar = _progress(n_batches, progress, desc=f"features {', '.join(layers)}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_batches, desc=f"features {', '.join(layers)}", unit="batch", disable=not progress)
     projections: dict[str, np.ndarray] = {}
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     try:
@@ -305,20 +298,6 @@ def _batches(images_or_dataset, batch_size) -> tuple[Iterator[np.ndarray], int |
     return gen(), n_batches
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total, enabled, desc):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch")
 
 
 # --- cache entries -----------------------------------------------------------------------------

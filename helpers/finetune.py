@@ -88,10 +88,20 @@ class EpochSeededDropout(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # A generator's state is [seed, counter]; the seed part never changes, so the masks of
         # epoch e depend on (seed, e) alone, whichever stage or process runs that epoch.
-        for layer in self.model._flatten_layers(include_self=False):
-            for gen in getattr(layer, "_seed_generators", []):
-                seed = np.asarray(keras.ops.convert_to_numpy(gen.state.value))[0]
-                gen.state.assign(np.array([seed, epoch * self.stride], dtype=gen.state.dtype))
+        for gen in _dropout_seed_generators(self.model):
+            seed = keras.ops.convert_to_numpy(gen.state.value)[0]
+            gen.state.assign(np.array([seed, epoch * self.stride], dtype=gen.state.dtype))
+
+
+def _dropout_seed_generators(model: keras.Model) -> list:
+    """The ``seed_generator`` of every Dropout layer, nested models included (public attributes)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _dropout_seed_generators(layer)
+        elif isinstance(layer, keras.layers.Dropout):
+            found.append(layer.seed_generator)
+    return found
 
 
 # ============================================================================ layer groups
@@ -400,10 +410,11 @@ class AccuracyCurve(keras.callbacks.Callback):
             row[f"{name}_accuracy"] = accuracy(self.model, data, self.batch_size)
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [row]
 
-    def on_train_begin(self, logs=None):
-        start = getattr(self.model, "_initial_epoch", 0) or 0
-        if not any(r["epoch"] == start for r in self.rows):
-            self._measure(start)
+    def on_epoch_begin(self, epoch, logs=None):
+        # Before the first epoch of a fit (the random head, or where a resumed run starts): the
+        # epoch Keras begins with is the one fit(initial_epoch=...) or BackupAndRestore chose.
+        if not any(r["epoch"] == epoch for r in self.rows):
+            self._measure(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self._measure(epoch + 1)
@@ -478,20 +489,6 @@ def train_head_on_features(features, labels, *, class_names: Sequence[str] = ("m
                        validation_data=validation, callbacks=[timer, curve, *callbacks], verbose=verbose)
     return HeadRun(head=head, curve=curve.frame, epoch_seconds=timer.seconds, history=dict(history.history))
 
-
-def save_head(head: keras.Model, path) -> Path:
-    """The head as a ``.keras`` file (written atomically)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        head.save(tmp)
-    return path
-
-
-def save_model(model: keras.Model, path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-    return path
 
 
 # ============================================================================ precision

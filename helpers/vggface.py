@@ -113,7 +113,7 @@ def top_identities(model: keras.Model, images, k: int = 5) -> list[list[tuple[st
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"images must be RGB (N, H, W, 3) or (H, W, 3), got shape {batch.shape}")
     # a direct call skips predict()'s tracing, which dominates for the few images of a demo
-    probs = np.asarray(model(batch, training=False) if len(batch) <= 32 else model.predict(batch, verbose=0))
+    probs = keras.ops.convert_to_numpy(model(batch, training=False)) if len(batch) <= 32 else model.predict(batch, verbose=0)
     names = class_names(model) or [str(i) for i in range(probs.shape[-1])]
     if len(names) != probs.shape[-1]:
         raise ValueError(f"the model has {probs.shape[-1]} outputs but {len(names)} class names")

@@ -17,7 +17,9 @@ cv2 = pytest.importorskip("cv2")  # test-only dependency (requirements-dev.txt)
 
 from helpers import caffe as cf  # noqa: E402
 from helpers import caffe
+import helpers
 from helpers import vggface
+from helpers.course import fileio
 from helpers.caffe import convert, verify, weights as caffe_weights  # noqa: E402
 
 WIDTHS = dict(conv_widths=(4, 8, 8, 16, 16), fc_widths=(32, 32), n_classes=10)
@@ -192,8 +194,8 @@ def test_keras_file_round_trip_restores_custom_layers(v1_model, tmp_path):
     import keras
 
     path = tmp_path / "model.keras"
-    convert.save_atomically(v1_model, path)
-    loaded = keras.saving.load_model(path)
+    fileio.save_model(v1_model, path)
+    loaded = helpers.load_model(path)  # the documented one-liner
     assert isinstance(loaded.get_layer("preprocess"), vggface.VGGFacePreprocess)
     assert vggface.class_names(loaded) == [f"id{i}" for i in range(10)]
     rgb = faces(2, (64, 64))

@@ -145,7 +145,7 @@ def test_fold_split_is_subject_exclusive_and_reproducible(folds_dir):
     assert 2 not in set(split.train["fold"]) | set(split.val["fold"])
     assert len(split.train) + len(split.val) + len(split.test) == len(df)
     assert len(split.val) >= 0.2 * (len(df) - len(split.test))
-    data.assert_subject_exclusive(*split)
+    data.check_subject_exclusive(*split)
     again = data.fold_split(df, test_fold=2, val_fraction=0.2, seed=1)
     assert list(again.val.index) == list(split.val.index)
     other = {tuple(sorted(data.fold_split(df, 2, 0.2, seed=s).val["user_id"].unique())) for s in range(6)}
@@ -159,15 +159,15 @@ def test_case_study_split(folds_dir):
     split = data.case_study_split(df)
     assert set(split.train["fold"]) == {0} and set(split.val["fold"]) == {0} and set(split.test["fold"]) == {1}
     assert len(split.val) > 0
-    data.assert_subject_exclusive(*split)
+    data.check_subject_exclusive(*split)
 
 
-def test_assert_subject_exclusive_names_shared_users():
+def test_check_subject_exclusive_names_shared_users():
     a = pd.DataFrame({"user_id": ["x", "y"]})
     b = pd.DataFrame({"user_id": ["z", "y"]})
-    with pytest.raises(AssertionError, match=r"'y' in sets \[0, 1\]"):
-        data.assert_subject_exclusive(a, b)
-    data.assert_subject_exclusive(a, pd.DataFrame({"user_id": ["z"]}))
+    with pytest.raises(data.SubjectLeakError, match=r"more than one set in fold 3: 'y' in sets \[0, 1\]"):
+        data.check_subject_exclusive(a, b, context="fold 3")
+    data.check_subject_exclusive(a, pd.DataFrame({"user_id": ["z"]}))
 
 
 def test_summarize_and_plot(folds_dir, tmp_path):
@@ -290,6 +290,6 @@ def test_assign_folds_gives_own_faces_subject_exclusive_folds():
     assert folded.groupby("user_id")["fold"].nunique().max() == 1
     assert folded["fold"].value_counts().max() - folded["fold"].value_counts().min() <= 3
     split = data.fold_split(folded, 1, val_fraction=0.2)
-    data.assert_subject_exclusive(*split)
+    data.check_subject_exclusive(*split)
     with pytest.raises(ValueError, match="cannot fill 5"):
         data.assign_folds(df.iloc[:6])

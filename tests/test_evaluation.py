@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import data
 from helpers import evaluation as ev
 from tests.tiny_vgg import keras_tiny_vggface
 
@@ -253,7 +254,7 @@ def test_cross_validation_refuses_a_user_in_two_folds_before_training():
     df = folds_frame()
     df.loc[(df.user_id == "u03") & (df.face_id == 0), "fold"] = 1  # u03 is in fold 3, one face in fold 1
     calls = []
-    with pytest.raises(ev.SubjectLeakError, match=r"u03"):
+    with pytest.raises(data.SubjectLeakError, match=r"u03"):
         ev.cross_validate(df, lambda *a: calls.append(1), class_names=NAMES, log=None)
     assert not calls
 

@@ -36,7 +36,7 @@ class CountingFeatureModel:
 
     def __init__(self, monkeypatch):
         self.calls, self.built_for = 0, []
-        real_model, real_forward = features.feature_model, features._forward
+        real_model, real_forward = vggface.feature_model, features._forward
 
         def building(model, layers):
             self.built_for.append(list(layers))
@@ -46,7 +46,7 @@ class CountingFeatureModel:
             self.calls += 1
             return real_forward(fm, batch)
 
-        monkeypatch.setattr(features, "feature_model", building)
+        monkeypatch.setattr(vggface, "feature_model", building)
         monkeypatch.setattr(features, "_forward", forward)
 
 

@@ -52,3 +52,38 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_save_model_writes_both_files_or_neither(tmp_path):
+    import keras
+    import pytest
+
+    from helpers.course.fileio import save_model
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    save_model(model, tmp_path / "m.keras", tmp_path / "m.weights.h5")
+    assert (tmp_path / "m.keras").is_file() and (tmp_path / "m.weights.h5").is_file()
+    with pytest.raises(ValueError, match=r"must end with \.keras"):
+        save_model(model, tmp_path / "n.h5")
+
+    class Broken:
+        def save_weights(self, path):
+            keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(path)
+
+        def save(self, path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_model(Broken(), tmp_path / "b.keras", tmp_path / "b.weights.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.weights.h5"]  # nothing half-written
+
+
+def test_hash_file_matches_hashlib_in_one_pass(tmp_path):
+    import hashlib
+
+    from helpers.course.fileio import HASH_CHUNK, hash_file
+
+    data = bytes(range(256)) * (HASH_CHUNK // 256 * 2 + 3)  # more than two read chunks
+    (tmp_path / "f").write_bytes(data)
+    assert hash_file(tmp_path / "f") == {"sha256": hashlib.sha256(data).hexdigest()}
+    assert hash_file(tmp_path / "f", "sha256", "md5")["md5"] == hashlib.md5(data).hexdigest()

@@ -16,7 +16,7 @@ A Caffe release is a ``.prototxt`` (the network, protobuf *text* format) and a
 Importing this package does not load Keras; building or loading a model does.
 """
 from .caffemodel import read_caffemodel
-from .convert import load_or_convert, save_atomically  # the function convert() lives in helpers.caffe.convert
+from .convert import load_or_convert  # the function convert() lives in helpers.caffe.convert
 from .keras_model import build_keras_model, set_class_names, unsupported_layers
 from .prototxt import parse_prototxt
 from .spec import V1_LAYER_TYPES, V1_TO_V2_TYPE, CaffeFormatError, CaffeLayerBlobs, ConversionError, EnumValue, LayerSpec, NetSpec
@@ -27,6 +27,6 @@ __all__ = [
     "V1_LAYER_TYPES", "V1_TO_V2_TYPE", "CaffeFormatError", "CaffeLayerBlobs", "ConversionError", "EnumValue", "LayerSpec",
     "NetSpec", "build_keras_model",
     "format_prototxt", "keras_to_caffe_blobs", "load_caffe_weights", "load_or_convert",
-    "parse_prototxt", "read_caffemodel", "save_atomically", "set_class_names", "unsupported_layers",
+    "parse_prototxt", "read_caffemodel", "set_class_names", "unsupported_layers",
     "write_caffemodel", "write_prototxt",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ..course.fileio import atomic_path
+from ..course.fileio import save_model
 from .keras_model import build_keras_model
 from .caffemodel import read_caffemodel
 from .prototxt import parse_prototxt
@@ -52,24 +52,9 @@ def convert(prototxt, caffemodel, out_path=None, names=None, progress: bool = Tr
     if verbose:
         print(report.table())
     if out_path is not None or weights_only_path is not None:
-        save_atomically(model, out_path, weights_only_path)
+        save_model(model, out_path, weights_only_path)
     return model
 
-
-def save_atomically(model, out_path=None, weights_only_path=None) -> None:
-    """Write the ``.keras`` file and/or the ``.weights.h5`` file; both or neither appear."""
-    import contextlib
-
-    for p, suffix in ((out_path, ".keras"), (weights_only_path, ".weights.h5")):
-        if p is not None and not str(p).endswith(suffix):
-            raise ConversionError(f"{p}: the file name must end with {suffix}")
-    with contextlib.ExitStack() as stack:
-        if weights_only_path is not None:
-            tmp = stack.enter_context(atomic_path(weights_only_path))
-            model.save_weights(tmp)
-        if out_path is not None:
-            tmp = stack.enter_context(atomic_path(out_path))
-            model.save(tmp)
 
 
 def load_or_convert(assets, progress: bool = True):

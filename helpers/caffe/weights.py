@@ -61,9 +61,11 @@ def flatten_source_shape(model, layer_name: str) -> tuple[int, int, int] | None:
     import keras
 
     passthrough = (keras.layers.Dropout, keras.layers.ReLU, keras.layers.Activation)
+    # Which layer produced a tensor, from public attributes: the layer whose output it is.
+    producer = {id(layer.output): layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)}
     tensor = model.get_layer(layer_name).input
     while True:
-        op = tensor._keras_history.operation
+        op = producer.get(id(tensor))
         if isinstance(op, keras.layers.Flatten):
             shape = tuple(op.input.shape[1:])
             return shape if len(shape) == 3 else None

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from . import paths
-from .fileio import write_json_atomic, write_text_atomic
+from .fileio import hash_file, write_json_atomic, write_text_atomic
 
 CHUNK_SIZE = 1 << 20
 CONNECT_TIMEOUT_S = 15
@@ -229,15 +229,9 @@ def expected_sha256(asset: Asset, cache_dir: str | os.PathLike | None = None) ->
 
 
 def file_digests(path: str | os.PathLike) -> tuple[str, str, int]:
-    """(sha256, md5, size in bytes) of a file, read in chunks."""
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), md5.hexdigest(), size
+    """(sha256, md5, size in bytes) of a file."""
+    digests = hash_file(path, "sha256", "md5")
+    return digests["sha256"], digests["md5"], Path(path).stat().st_size
 
 
 def manual_download_help(asset: Asset, cache_dir: str | os.PathLike | None = None) -> str:

@@ -245,29 +245,46 @@ def versions_line() -> str:
 
 
 def set_seeds(seed: int = 42) -> None:
-    """Seed Python, NumPy and Keras (which seeds TensorFlow): runs on a CPU repeat exactly."""
-    random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    import numpy as np
+    """Seed Python's ``random``, NumPy and the backend: runs on a CPU repeat exactly.
 
-    np.random.seed(seed)
+    ``keras.utils.set_random_seed`` seeds all three. (Setting ``PYTHONHASHSEED`` inside a
+    running process changes nothing: the hash seed is fixed when Python starts.)
+    """
     try:
         import keras
+    except ImportError:  # the version check says so; seed what is there
+        import numpy as np
 
-        keras.utils.set_random_seed(seed)
-    except ImportError:
-        pass
+        random.seed(seed)
+        np.random.seed(seed)
+        return
+    keras.utils.set_random_seed(int(seed))
 
 
-def start(mode: str | None = "auto", seed: int = 42, build_quick_world: bool = True):
-    """Resolve the mode, seed everything, and make sure the mode's assets are there.
+def start(mode: str | None = "auto", seed: int = 42, *, smoke: bool = False, subset: float = 1.0,
+          use_drive: bool | None = None, build_quick_world: bool = True):
+    """The first call of every notebook: resolve the mode, seed everything, make sure the
+    mode's assets are there.
 
-    Returns ``(mode, assets)``. The mode is exported as ``COURSE_MODE`` for this process so
-    that every helper (results, caches) agrees with the notebook.
+    ``smoke`` (every size at its minimum) and ``subset`` (the share of Adience's users full
+    mode uses) are exported as ``COURSE_SMOKE`` / ``COURSE_SUBSET`` with the mode
+    (``COURSE_MODE``), so that every helper (results, caches) agrees with the notebook.
+    ``use_drive`` (Colab only; ``None`` means yes on Colab) mounts Google Drive so that the
+    course's folders live there. Returns ``(mode, assets)``.
     """
+    subset = float(subset)
+    if not 0 < subset <= 1:
+        raise ValueError(f"SUBSET must be a share of the users in (0, 1], got {subset}")
+    if use_drive is None:
+        use_drive = paths.in_colab()
+    if use_drive and paths.in_colab():
+        mount_drive()
     mode, why = paths.resolve_mode(mode)
     os.environ[paths.ENV_MODE] = mode
-    print(why)
+    os.environ[paths.ENV_SMOKE] = "1" if smoke else "0"
+    os.environ[paths.ENV_SUBSET] = repr(subset)
+    print(why + (" · SMOKE run: every size at its minimum, the numbers mean nothing" if smoke else "")
+          + (f" · SUBSET {subset:g} of the users" if subset < 1 else ""))
     set_seeds(seed)
     assets = paths.assets_for(mode)
     if mode == "quick" and build_quick_world:
@@ -280,6 +297,16 @@ def start(mode: str | None = "auto", seed: int = 42, build_quick_world: bool = T
             lines = "\n".join(f"  - {what}: {where}\n    {how}" for what, where, how in missing)
             raise FileNotFoundError(f"full mode needs assets that are missing:\n{lines}")
     return mode, assets
+
+
+def mount_drive(mountpoint: str = "/content/drive") -> Path:
+    """Mount Google Drive (Colab asks the learner once) and create the course's folder on it."""
+    from google.colab import drive  # only on Colab
+
+    if not Path(mountpoint, "MyDrive").is_dir():
+        drive.mount(mountpoint)
+    paths.DRIVE_HOME.mkdir(parents=True, exist_ok=True)  # paths.assets_home() now points here
+    return paths.DRIVE_HOME
 
 
 def main() -> int:

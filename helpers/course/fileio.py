@@ -6,6 +6,7 @@ truncated one, because we write to a temporary name in the same folder and renam
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -66,6 +67,35 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(model, path: str | os.PathLike | None = None, weights_path: str | os.PathLike | None = None) -> None:
+    """Write a Keras model to ``path`` (``.keras``) and/or its weights to ``weights_path``
+    (``.weights.h5``), atomically: both files or neither appear, never a half-written one.
+
+    No Keras import here: the model saves itself; only the temporary names are ours.
+    """
+    for p, suffix in ((path, ".keras"), (weights_path, ".weights.h5")):
+        if p is not None and not str(p).endswith(suffix):
+            raise ValueError(f"{p}: a Keras file name must end with {suffix}")
+    with contextlib.ExitStack() as stack:
+        if weights_path is not None:
+            model.save_weights(stack.enter_context(atomic_path(weights_path)))
+        if path is not None:
+            model.save(stack.enter_context(atomic_path(path)))
+
+
+HASH_CHUNK = 8 << 20
+
+
+def hash_file(path: str | os.PathLike, *algorithms: str) -> dict[str, str]:
+    """``{algorithm: hex digest}`` of a file (default SHA-256), all in one pass of 8 MiB reads."""
+    hashers = {name: hashlib.new(name) for name in (algorithms or ("sha256",))}
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers.items()}
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_HOME = "COURSE_HOME"
 ENV_BUILD = "COURSE_BUILD_DIR"
 ENV_MODE = "COURSE_MODE"
+ENV_SMOKE = "COURSE_SMOKE"    # "1": every size at its minimum (python -m helpers.course --smoke)
+ENV_SUBSET = "COURSE_SUBSET"  # the share of Adience's users full mode uses (--subset)
 MODES = ("quick", "full")
 DRIVE_HOME = Path("/content/drive/MyDrive/vggface-gender-course")
 
@@ -44,6 +46,16 @@ def assets_home() -> Path:
     if in_colab() and DRIVE_HOME.is_dir():
         return DRIVE_HOME
     return REPO_ROOT
+
+
+def smoke() -> bool:
+    """Is this a smoke run (``COURSE_SMOKE=1``): every size at its minimum, numbers meaningless?"""
+    return os.environ.get(ENV_SMOKE, "0").strip().lower() in ("1", "true", "yes")
+
+
+def subset() -> float:
+    """The share of Adience's users this run uses (``COURSE_SUBSET``, default 1.0)."""
+    return float(os.environ.get(ENV_SUBSET, "1") or 1)
 
 
 def weights_dir() -> Path:

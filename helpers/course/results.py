@@ -45,6 +45,8 @@ def record(key: str, value: Any, mode: str | None = None) -> Any:
     meta = data["meta"]
     meta["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     meta["mode"] = mode or meta.get("mode") or paths.resolve_mode()[0]
+    meta["smoke"] = paths.smoke()
+    meta["subset"] = paths.subset()
     meta["versions"] = package_versions()
     write_json_atomic(results_path(), data, allow_nan=False)
     return value

@@ -239,6 +239,9 @@ def run(
             return 2, []
     output_dir = output_dir or paths.build_dir() / "notebooks"
     os.environ[paths.ENV_MODE] = plan.mode  # kernels inherit it; helpers agree on the mode
+    extra = extra_parameters or {}
+    os.environ[paths.ENV_SMOKE] = "1" if extra.get("SMOKE") else "0"
+    os.environ[paths.ENV_SUBSET] = repr(float(extra.get("SUBSET", 1.0)))
     if not only:
         results_mod.reset(plan.mode)
     if plan.mode == "quick":
@@ -316,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show the plan and exit")
     parser.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
     parser.add_argument("--output-dir", type=Path, help="where executed notebooks go (default build/notebooks)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every size and epoch count at its minimum (SMOKE = True in every notebook): "
+                             "checks in minutes that this machine and its assets work end to end")
+    parser.add_argument("--subset", type=float, default=None, metavar="F",
+                        help="full mode on a share F of Adience's users (whole users, every fold kept): SUBSET = F")
     parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds one cell may run")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                         help="extra parameter for every notebook (VALUE is read as JSON when it parses, else as a string)")
@@ -334,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             extra[name] = json.loads(value)
         except json.JSONDecodeError:
             extra[name] = value
+    if args.smoke:
+        extra["SMOKE"] = True
+    if args.subset is not None:
+        if not 0 < args.subset <= 1:
+            parser.error(f"--subset {args.subset}: a share of the users in (0, 1]")
+        extra["SUBSET"] = args.subset
     code, _ = run(args.mode, args.only, args.keep_going, args.output_dir, extra, args.cell_timeout)
     return code
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..data import AGE_GROUPS
+
 # Adience's eight age groups, in order.
-AGE_GROUPS = ("(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)")
 # How strongly gender shows at each age (children carry fewer gender cues).
 GENDER_STRENGTH = (0.25, 0.45, 0.7, 0.95, 1.0, 1.0, 1.0, 1.0)
 MASCULINITY_SHIFT = 1.6  # adult men's and women's mean latent masculinity: +-1.6 (sd 1)

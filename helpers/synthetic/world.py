@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..course import paths
 from ..course.fileio import atomic_dir, atomic_path, write_json_atomic
@@ -179,16 +180,6 @@ def target_people(config: SyntheticConfig) -> tuple[list[Person], list[TargetFac
 
 # ----------------------------------------------------------------------------- rendering and writing
 
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is in requirements.txt; printing is the fallback
-        print(f"{desc}: {total} ...", flush=True)
-        return None
-    return tqdm(total=total, desc=desc, leave=True, mininterval=1.0)
-
 
 def render_source(config: SyntheticConfig, progress: bool = False) -> dict[str, np.ndarray]:
     """All source images: ``images`` uint8 (N, S, S, 3), ``labels`` (identity index),
@@ -198,14 +189,12 @@ def render_source(config: SyntheticConfig, progress: bool = False) -> dict[str, 
     images = np.empty((len(people) * n_img, config.image_size, config.image_size, 3), np.uint8)
     labels = np.repeat(np.arange(len(people), dtype=np.int32), n_img)
     heldout = np.tile(np.arange(n_img) >= n_img - config.source_heldout_per_identity, len(people))
-    bar = _progress(progress, len(images), "source faces")
+    bar = tqdm(total=len(images), desc="source faces", mininterval=1.0, disable=not progress)
     for i, (_, person) in enumerate(people):
         for k in range(n_img):
             images[i * n_img + k] = render_face(person, _rng(config.seed, _STREAM_SOURCE, i, k + 1), config.image_size)
-        if bar is not None:
-            bar.update(n_img)
-    if bar is not None:
-        bar.close()
+        bar.update(n_img)
+    bar.close()
     return {"images": images, "labels": labels, "heldout": heldout,
             "names": np.array([name for name, _ in people]),
             "genders": np.array([p.gender for _, p in people]),
@@ -247,7 +236,7 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
 
     people, faces = target_people(config)
     rows: list[list[str]] = [[] for _ in range(config.n_folds)]
-    bar = _progress(progress, len(faces), "target faces (Adience layout)")
+    bar = tqdm(total=len(faces), desc="target faces (Adience layout)", mininterval=1.0, disable=not progress)
     with atomic_dir(root) as tmp:
         for face in faces:
             rng = _rng(config.seed, _STREAM_TARGET, face.person_index, face.image_index + 1)
@@ -257,8 +246,7 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(out, format="JPEG", quality=config.jpeg_quality)
             rows[face.fold].append(_fold_row(face, rng, nuisance))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         for k, fold_rows in enumerate(rows):
             text = "\t".join(ADIENCE_COLUMNS) + "\n" + "".join(r + "\n" for r in fold_rows)
             (tmp / f"fold_{k}_data.txt").write_text(text, encoding="utf-8")
@@ -266,8 +254,7 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
             "SYNTHETIC faces drawn by helpers/synthetic/ for the course's quick mode; not Adience.\n"
             "Same layout as Adience: aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>\n"
             "and fold_0_data.txt ... fold_4_data.txt (tab-separated, Adience's columns).\n", encoding="utf-8")
-    if bar is not None:
-        bar.close()
+    bar.close()
     genders = [f.gender for f in faces]
     return {"faces": len(faces), "users": config.target_users, "persons": len(people),
             "faces_per_fold": [len(r) for r in rows],
