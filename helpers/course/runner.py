@@ -328,13 +328,13 @@ class ColabSimulation:
         return self.clone(notebook) / "build"
 
     def prepare(self, notebooks: list[Path]) -> None:
-        for folder in (self.root, self.runtimes):
-            folder.mkdir(parents=True, exist_ok=True)
         inside = next((p for p in [self.root.resolve(), *self.root.resolve().parents]
                        if (p / "helpers" / "course").is_dir()), None)
         if inside is not None:
             raise SystemExit(f"--colab {self.root}: the folder lies inside a checkout of the course ({inside}); a "
                              "runtime's Setup cell would find that checkout instead of cloning: choose a folder outside it")
+        for folder in (self.root, self.runtimes):
+            folder.mkdir(parents=True, exist_ok=True)
         for nb in notebooks:
             if self.runtime(nb).exists():  # every notebook gets a fresh runtime, as on Colab
                 shutil.rmtree(self.runtime(nb))
