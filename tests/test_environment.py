@@ -183,7 +183,9 @@ def colab_runtime(tmp_path, monkeypatch):
     from helpers.course import results
 
     monkeypatch.delenv(results.ENV_RESULTS, raising=False)
-    return {"content": content, "drive": drive}
+    yield {"content": content, "drive": drive}
+    for name in [m for m in sys.modules if m == "google.colab" or m.startswith("google.colab.")]:
+        del sys.modules[name]  # the stand-in imported by start(): later tests are not on "Colab"
 
 
 def test_start_on_colab_mounts_drive_and_keeps_every_folder_there(colab_runtime, capsys):
