@@ -414,7 +414,8 @@ def run(
               + (f"Google Drive = {colab.drive}" if colab.drive else "Drive off (USE_DRIVE = False)")
               + f"; mode {requested!r}, resolved by each notebook")
         colab.prepare(plan.notebooks)
-        extra.setdefault("USE_DRIVE", colab.drive is not None)
+        if colab.drive is None:
+            extra.setdefault("USE_DRIVE", False)  # with Drive, the notebooks' default (None: yes on Colab) decides
         parameters = {"MODE": requested, **extra}
         output_dir = output_dir or colab.root / "notebooks"
     else:
