@@ -42,10 +42,14 @@ def run_course(root, *options):
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("MPLBACKEND", "Agg")
     cmd = [PYTHON, "-m", "helpers.course", "--colab", str(root), "--mode", "quick", "--keep-going", *options]
-    proc = subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=COURSE_TIMEOUT_S)
-    (root / "runner.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
+    log = root / "runner.log"  # written as the run goes: `tail -f` it to follow a long run
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=COURSE_TIMEOUT_S)
     summary_file = root / "summary.json"
-    assert summary_file.is_file(), f"the runner wrote no summary (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    if not summary_file.is_file():
+        tail = log.read_text(encoding="utf-8")[-3000:]
+        raise AssertionError(f"the runner wrote no summary (exit {proc.returncode}); the end of {log}:\n{tail}")
     return proc, json.loads(summary_file.read_text(encoding="utf-8"))
 
 
