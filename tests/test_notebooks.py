@@ -15,6 +15,8 @@ every ``results.record("key", ...)`` its code makes unconditionally (not under a
 ``while`` or in a function), an f-string key matching at least once. A notebook that records
 nothing fails.
 
+Each run's summary (status, seconds and peak memory per notebook) and the runner's log are kept in
+``build/notebook-tests/colab_drive_on/`` and ``.../colab_drive_off/``.
 ``COURSE_NOTEBOOK_PYTHON`` chooses the interpreter the runner (and so the kernels) run on: CI
 points it at the environment with Colab's package versions; by default, this one.
 """
@@ -47,6 +49,11 @@ def run_course(root, *options):
         proc = subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                               timeout=COURSE_TIMEOUT_S)
     summary_file = root / "summary.json"
+    kept = paths.REPO_ROOT / "build" / "notebook-tests" / root.name.rstrip("0123456789")
+    kept.mkdir(parents=True, exist_ok=True)  # outlives pytest's temporary folders: what each notebook took
+    for f in (log, summary_file):
+        if f.is_file():
+            (kept / f.name).write_bytes(f.read_bytes())
     if not summary_file.is_file():
         tail = log.read_text(encoding="utf-8")[-3000:]
         raise AssertionError(f"the runner wrote no summary (exit {proc.returncode}); the end of {log}:\n{tail}")
