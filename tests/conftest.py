@@ -2,7 +2,8 @@
 
 Isolation (autouse): ``COURSE_HOME`` (weights/, data/), ``COURSE_BUILD_DIR`` (build/) and
 ``COURSE_RESULTS`` point into the test's temporary folder and ``COURSE_MODE`` is unset, so no
-unit test reads or writes the repository's assets, caches or results. The notebook tests
+unit test reads or writes the repository's assets, caches or results; Colab's marker
+(``COLAB_RELEASE_TAG``) and the course's Colab variables are unset too. The notebook tests
 (marker ``notebooks``) set up their own course folders and are left alone.
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ def isolated_course(request, tmp_path, monkeypatch):
     monkeypatch.setenv(paths.ENV_BUILD, str(root / "build"))
     monkeypatch.setenv(results.ENV_RESULTS, str(root / "build" / "results.json"))
     monkeypatch.delenv(paths.ENV_MODE, raising=False)
+    # the same on Colab or in a simulated runtime as anywhere: no Drive, no fast-data folder, no notebook
+    for name in (paths.ENV_FAST_DATA, paths.ENV_COLAB_TAG, paths.ENV_COLAB_CONTENT, results.ENV_NOTEBOOK):
+        monkeypatch.delenv(name, raising=False)
     yield root
 
 

@@ -118,5 +118,143 @@ def test_badges_and_clone_urls_derive_from_one_constant():
         assert runner.colab_url(nb.name) in readme, f"README lacks the Colab link of {nb.name}"
         text = nb.read_text()
         assert runner.colab_url(nb.name) in text, f"{nb.name} lacks its own Colab badge"
-        if "git clone" in text:
-            assert runner.clone_url() in text
+        assert runner.clone_url() in text, f"{nb.name}'s Setup cell does not clone {runner.clone_url()}"
+
+
+# ----------------------------------------------------------------------------- every notebook's Setup
+
+STANDARD_PARAMETERS = '''MODE = "auto"       # "quick", "full" or "auto" (full when the real assets are present)
+SEED = 42
+SMOKE = False       # True: every size and epoch count at its minimum, to check that everything runs
+SUBSET = 1.0        # full mode: the share of Adience's users to use (whole users, every fold kept)
+USE_DRIVE = None    # Colab: keep weights/, data/ and build/ on Google Drive (None: yes whenever on Colab)'''
+
+
+@pytest.mark.parametrize("notebook", runner.discover_notebooks(), ids=lambda p: p.stem)
+def test_every_notebook_starts_with_the_one_bootstrap_then_parameters_then_start(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].source == runner.bootstrap_source(), (
+        f"{notebook.name}: the first code cell is not the course's Setup bootstrap; run python -m helpers.course --sync-links")
+    at = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    assert code[at].source.startswith(STANDARD_PARAMETERS), f"{notebook.name}: the parameters cell must start with the five standard lines"
+    starts = [i for i, c in enumerate(code) if "environment.start(MODE, seed=SEED, smoke=SMOKE, subset=SUBSET, use_drive=USE_DRIVE" in c.source]
+    assert starts and starts[0] > at, f"{notebook.name}: environment.start(...) must follow the parameters cell"
+
+
+def test_the_bootstrap_is_plain_python_that_clones_on_colab_only(tmp_path):
+    """Run the bootstrap in a plain interpreter: in a checkout it finds helpers/; on a 'Colab'
+    runtime outside any checkout it clones (here from a local repository, via git's insteadOf)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "bootstrap.py"
+    script.write_text(runner.bootstrap_source() + "\nprint('ROOT', ROOT, 'CWD', Path.cwd())\n")
+    here = subprocess.run([sys.executable, str(script)], cwd=paths.REPO_ROOT / "notebooks", capture_output=True, text=True)
+    assert here.returncode == 0, here.stderr
+    assert f"ROOT {paths.REPO_ROOT} " in here.stdout and "Installing" not in here.stdout
+    outside = tmp_path / "content"
+    outside.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if k != "COLAB_RELEASE_TAG"}
+    lost = subprocess.run([sys.executable, str(script)], cwd=outside, capture_output=True, text=True, env=env)
+    assert lost.returncode != 0 and "no helpers/ folder" in lost.stderr
+    source = runner.snapshot_checkout(tmp_path / "snapshot")
+    env.update({"COLAB_RELEASE_TAG": "test", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{source}.insteadOf",
+                "GIT_CONFIG_VALUE_0": runner.clone_url(), "PYTHONPATH": ""})
+    colab = subprocess.run([sys.executable, str(script)], cwd=outside, capture_output=True, text=True, env=env)
+    assert colab.returncode == 0, colab.stderr
+    clone = outside / "vggface-gender-course"
+    assert f"ROOT {clone} CWD {clone / 'notebooks'}" in colab.stdout
+    assert "All required packages are present" in colab.stdout  # install_missing ran, and had nothing to do
+    assert (clone / "helpers" / "course" / "runner.py").read_text() == (paths.REPO_ROOT / "helpers/course/runner.py").read_text()
+
+
+def test_sync_links_rewrites_badges_and_the_bootstrap_keeping_the_json_layout(tmp_path, monkeypatch):
+    import json
+
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"| 00 | {runner.colab_badge('00_x.ipynb')} |\n")
+    nb = {"cells": [{"cell_type": "markdown", "id": "a", "metadata": {}, "source": [runner.colab_badge("00_x.ipynb")]},
+                    {"cell_type": "code", "execution_count": None, "id": "b", "metadata": {}, "outputs": [],
+                     "source": ["import sys\n", "# an old bootstrap"]},
+                    {"cell_type": "code", "execution_count": None, "id": "c", "metadata": {}, "outputs": [],
+                     "source": ["x = 1"]}],
+          "metadata": {"zeta": 1, "alpha": 2}, "nbformat": 4, "nbformat_minor": 5}
+    (nbdir / "00_x.ipynb").write_text(json.dumps(nb, indent=1) + "\n")
+    monkeypatch.setattr(runner, "GITHUB_REPO", "someone/fork")
+    changed = runner.sync_links(readme, runner.discover_notebooks(nbdir))
+    assert set(changed) == {readme, nbdir / "00_x.ipynb"}
+    assert "someone/fork" in readme.read_text()
+    out = json.loads((nbdir / "00_x.ipynb").read_text())
+    assert "".join(out["cells"][1]["source"]) == runner.bootstrap_source() and "someone/fork" in runner.bootstrap_source()
+    assert out["cells"][2]["source"] == ["x = 1"] and list(out["metadata"]) == ["zeta", "alpha"]  # order kept
+    assert runner.sync_links(readme, runner.discover_notebooks(nbdir)) == []  # idempotent
+
+
+# ----------------------------------------------------------------------------- kernels, results, Colab simulation
+
+def test_each_kernel_knows_its_notebook_and_gets_its_own_results_file(course_env):
+    code, outcomes = runner.run(mode="quick", only=["00"], output_dir=course_env["out"],
+                                notebooks_dir=course_env["nbdir"], prepare_quick=course_env["prepare"])
+    assert code == 0
+    own = outcomes[0].results_file
+    assert own == course_env["results"].parent / "results" / "00_first.json"
+    assert set(json.loads(own.read_text())["results"]) == {"first.mode", "first.epochs"}
+    assert outcomes[0].peak_rss_mb is None or outcomes[0].peak_rss_mb > 10  # a Python kernel's resident memory
+
+
+def _bootstrap_notebook(path, *lines):
+    """A notebook whose first cell is the real Setup bootstrap, then the standard parameters."""
+    write_nb(path, [
+        ("md", "# A"),
+        ("code", runner.bootstrap_source()),
+        ("code", STANDARD_PARAMETERS, ["parameters"]),
+        ("code", "\n".join(lines)),
+    ])
+
+
+def test_the_colab_simulation_gives_each_notebook_a_fresh_runtime_and_shares_only_drive(tmp_path, monkeypatch):
+    monkeypatch.delenv(paths.ENV_HOME, raising=False)
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    start = "from helpers.course import environment, paths, results\nprint(environment.use_folders(USE_DRIVE))"
+    _bootstrap_notebook(nbdir / "00_make.ipynb", start,
+                        "made = paths.build_dir() / 'models' / 'head.txt'",
+                        "made.parent.mkdir(parents=True, exist_ok=True); made.write_text('from 00')",
+                        "results.record('made.where', str(made))")
+    _bootstrap_notebook(nbdir / "01_use.ipynb", start,
+                        "import helpers",
+                        "head = paths.build_dir() / 'models' / 'head.txt'",
+                        "results.record('use.found_head', head.is_file())",
+                        "results.record('use.helpers_from', helpers.__file__)",
+                        "print('found 00s head' if head.is_file() else 'no head from 00: recomputed here')")
+    sim = tmp_path / "sim"
+    code, outcomes = runner.run(mode="quick", notebooks_dir=nbdir, colab=runner.ColabSimulation(sim, sim / "drive"))
+    assert code == 0, [o.error for o in outcomes]
+    got = json.loads((sim / "results" / "01_use.json").read_text())["results"]
+    assert got["use.found_head"] is True  # 00's file reached 01 through the Drive, and only that way
+    assert got["use.helpers_from"].startswith(str(sim / "runtimes" / "01_use" / "vggface-gender-course"))
+    assert (sim / "drive" / "MyDrive" / paths.DRIVE_FOLDER / "build" / "models" / "head.txt").read_text() == "from 00"
+    assert not (sim / "runtimes" / "00_make" / "vggface-gender-course" / "build").exists()
+    assert json.loads((sim / "summary.json").read_text())["01_use"]["status"] == "ok"
+
+    off = tmp_path / "off"
+    code, outcomes = runner.run(mode="quick", notebooks_dir=nbdir, colab=runner.ColabSimulation(off, None))
+    assert code == 0, [o.error for o in outcomes]
+    assert json.loads((off / "results" / "01_use.json").read_text())["results"]["use.found_head"] is False
+    assert (off / "runtimes" / "00_make" / "vggface-gender-course" / "build" / "models" / "head.txt").is_file()
+    assert not (off / "drive").exists()
+
+
+def test_the_simulation_refuses_a_folder_inside_a_checkout(tmp_path):
+    sim = runner.ColabSimulation(paths.REPO_ROOT / "build" / "sim-inside", None)
+    with pytest.raises(SystemExit, match="inside a checkout"):
+        sim.prepare([])
+
+
+def test_colab_options_go_together(capsys):
+    with pytest.raises(SystemExit):
+        runner.main(["--no-drive"])
+    assert "go with --colab" in capsys.readouterr().err

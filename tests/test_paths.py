@@ -34,13 +34,67 @@ def test_without_override_the_repo_holds_assets(monkeypatch):
     assert (paths.REPO_ROOT / "helpers" / "course" / "paths.py").is_file()
 
 
-def test_colab_drive_is_used_only_when_mounted(monkeypatch, tmp_path):
+def test_colab_is_detected_in_its_kernel_and_in_processes_started_from_it(monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv(paths.ENV_COLAB_TAG, raising=False)
+    assert not paths.in_colab()
+    monkeypatch.setitem(sys.modules, "google.colab", object())  # Colab's kernel imports it at start
+    assert paths.in_colab()
+    monkeypatch.delitem(sys.modules, "google.colab")
+    probe = [sys.executable, "-c", "from helpers.course import paths; print(paths.in_colab())"]
+    env = {k: v for k, v in __import__("os").environ.items() if k != paths.ENV_COLAB_TAG}
+    assert subprocess.run(probe, env=env, cwd=paths.REPO_ROOT, capture_output=True, text=True).stdout.strip() == "False"
+    env[paths.ENV_COLAB_TAG] = "release-colab-20260819"  # what Colab sets in its runtime's environment
+    assert subprocess.run(probe, env=env, cwd=paths.REPO_ROOT, capture_output=True, text=True).stdout.strip() == "True"
+
+
+def test_drive_locations_follow_colabs_content_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.ENV_COLAB_CONTENT, raising=False)
+    assert paths.drive_home() == paths.DRIVE_HOME == Path("/content/drive/MyDrive/vggface-gender-course")
+    monkeypatch.setenv(paths.ENV_COLAB_CONTENT, str(tmp_path))
+    assert paths.drive_home() == tmp_path / "drive" / "MyDrive" / paths.DRIVE_FOLDER
+    assert not paths.drive_mounted()
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    assert paths.drive_mounted()
+
+
+def test_drive_is_used_only_when_start_has_set_it_up(monkeypatch, tmp_path):
+    monkeypatch.setenv(paths.ENV_COLAB_CONTENT, str(tmp_path))
+    monkeypatch.setenv(paths.ENV_COLAB_TAG, "x")
     monkeypatch.delenv(paths.ENV_HOME, raising=False)
-    monkeypatch.setitem(__import__("sys").modules, "google.colab", object())
-    monkeypatch.setattr(paths, "DRIVE_HOME", tmp_path / "drive" / "course")
-    assert paths.assets_home() == paths.REPO_ROOT  # Drive folder absent
-    (tmp_path / "drive" / "course").mkdir(parents=True)
-    assert paths.assets_home() == tmp_path / "drive" / "course"
+    paths.drive_home().mkdir(parents=True)
+    assert paths.assets_home() == paths.REPO_ROOT and not paths.using_drive()  # mounted, but not chosen
+    monkeypatch.setenv(paths.ENV_HOME, str(paths.drive_home()))
+    assert paths.using_drive() and paths.weights_dir() == paths.drive_home().resolve() / "weights"
+
+
+def test_unpacked_datasets_are_read_from_the_fast_folder(home, monkeypatch, tmp_path):
+    assert paths.fast_data_dir() == paths.data_dir()
+    assert paths.assets_for("full").dataset_root == paths.adience_upload_dir() == home.resolve() / "data" / "adience"
+    monkeypatch.setenv(paths.ENV_FAST_DATA, str(tmp_path / "local"))
+    assert paths.assets_for("full").dataset_root == (tmp_path / "local" / "adience").resolve()
+    assert paths.adience_upload_dir() == home.resolve() / "data" / "adience"  # the upload stays on "Drive"
+
+
+def test_adience_archive_counts_as_present_until_unpacked(home, monkeypatch, tmp_path):
+    upload = paths.adience_upload_dir()
+    upload.mkdir(parents=True)
+    for k in range(5):
+        (upload / f"fold_{k}_data.txt").write_text("x")
+    missing = [where.name for what, where, _ in paths.missing_full_assets() if what.startswith("Adience")]
+    assert missing == [paths.ADIENCE_ARCHIVE]
+    (upload / paths.ADIENCE_ARCHIVE).write_bytes(b"tar")
+    assert paths.adience_sources() == ([upload / f"fold_{k}_data.txt" for k in range(5)], upload / paths.ADIENCE_ARCHIVE)
+    assert not [w for what, w, _ in paths.missing_full_assets() if what.startswith("Adience")]
+    # once unpacked to the fast folder (fold files beside it), that copy is what the course reads
+    monkeypatch.setenv(paths.ENV_FAST_DATA, str(tmp_path / "local"))
+    root = paths.assets_for("full").dataset_root
+    (root / "aligned").mkdir(parents=True)
+    for k in range(5):
+        (root / f"fold_{k}_data.txt").write_text("x")
+    assert paths.adience_sources() == ([root / f"fold_{k}_data.txt" for k in range(5)], root / "aligned")
 
 
 def test_build_dir_override(monkeypatch, tmp_path):

@@ -5,11 +5,19 @@ packages new enough, which Keras backend is active, is there a GPU (and how to g
 there enough disk and memory for full mode, which assets are present, and which mode the
 course will run in. Each answer is a :class:`Check` with advice when something is off.
 
-``start(MODE, seed)`` is the one call at the top of each notebook: it resolves the mode,
-seeds every random generator and, in quick mode, builds the synthetic world if it is missing.
+``start(MODE, seed)`` is the one call at the top of each notebook: on Colab it mounts Google
+Drive (``USE_DRIVE``) so that weights/, data/ and build/ outlive the runtime, it resolves the
+mode, seeds every random generator and makes sure the mode's assets are there (quick mode: the
+synthetic world, built if missing; full mode: Adience unpacked to the runtime's disk, checked
+against its fold files).
+
+On Colab the course installs only what Colab lacks, and never a package of the running kernel
+(``NEVER_INSTALL_ON_COLAB``): replacing Colab's TensorFlow, NumPy or Jupyter packages under a
+live kernel breaks it.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 import re
@@ -35,8 +43,14 @@ GPU_ADVICE = {
     ),
 }
 
-# Import names that differ from the distribution names in requirements.txt.
-_IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL", "jupyterlab": None, "ipykernel": None}
+# The Python versions the course supports and CI tests (3.11 with the newest releases, 3.13 with
+# Colab's); README and environment.yml say the same.
+SUPPORTED_PYTHON = ((3, 11), (3, 13))
+
+# Packages of Colab's running kernel: pip-installing over them breaks the kernel (or silently
+# mixes versions until a restart), so the course never does it on Colab, even when one is old.
+NEVER_INSTALL_ON_COLAB = ("ipykernel", "ipython", "ipywidgets", "jupyter*", "notebook",
+                          "widgetsnbextension", "tensorflow", "keras", "numpy")
 
 
 @dataclass(frozen=True)
@@ -80,42 +94,70 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_versions(floors: dict[str, str] | None = None) -> list[Check]:
+def check_python(version: tuple[int, ...] | None = None) -> Check:
+    """The supported range: older fails (the code or a package needs newer), newer warns (untested)."""
+    found = tuple(version or sys.version_info[:3])
+    low, high = SUPPORTED_PYTHON
+    needed = f"{low[0]}.{low[1]}–{high[0]}.{high[1]}"
+    text = ".".join(map(str, found))
+    if found[:2] < low:
+        return Check("python", "fail", text, needed, f"Install Python {high[0]}.{high[1]} (see environment.yml), or use Colab.")
+    if found[:2] > high:
+        return Check("python", "warn", text, needed,
+                     f"Python {found[0]}.{found[1]} is newer than the course has been tested on; if a package fails to "
+                     f"install, use Python {high[0]}.{high[1]}.")
+    return Check("python", "ok", text, needed)
+
+
+def protected_on_colab(dist: str) -> bool:
+    return any(fnmatch.fnmatch(dist.lower(), pattern) for pattern in NEVER_INSTALL_ON_COLAB)
+
+
+def check_versions(floors: dict[str, str] | None = None, colab: bool | None = None) -> list[Check]:
+    """The Python version, then one check per requirement floor.
+
+    On Colab a package of the running kernel that is older than its floor is a warning, not a
+    failure: the course runs with Colab's version rather than replace it under the kernel.
+    """
     floors = requirement_floors() if floors is None else floors
-    checks = [
-        Check(
-            "python",
-            "ok" if sys.version_info >= (3, 9) else "fail",
-            sys.version.split()[0],
-            ">=3.9",
-            "" if sys.version_info >= (3, 9) else "Install Python 3.11 (see environment.yml).",
-        )
-    ]
+    colab = paths.in_colab() if colab is None else colab
+    checks = [check_python()]
     for dist, floor in floors.items():
         try:
             found = metadata.version(dist)
         except metadata.PackageNotFoundError:
             checks.append(Check(dist, "fail", "missing", f">={floor}", f"pip install '{dist}>={floor}'"))
             continue
-        ok = version_tuple(found) >= version_tuple(floor)
-        advice = "" if ok else f"pip install --upgrade '{dist}>={floor}'"
-        checks.append(Check(dist, "ok" if ok else "fail", found, f">={floor}", advice))
+        if version_tuple(found) >= version_tuple(floor):
+            checks.append(Check(dist, "ok", found, f">={floor}"))
+        elif colab and protected_on_colab(dist):
+            checks.append(Check(dist, "warn", found, f">={floor}",
+                                f"Colab's own {dist} is older than the course was tested with; the course uses it as it is "
+                                "(upgrading it under Colab's kernel would break the kernel). Please report this."))
+        else:
+            checks.append(Check(dist, "fail", found, f">={floor}", f"pip install --upgrade '{dist}>={floor}'"))
     return checks
 
 
-def missing_requirements(floors: dict[str, str] | None = None) -> list[str]:
-    """Requirement strings for packages that are missing or older than their floor."""
-    return [f"{c.name}{c.needed}" for c in check_versions(floors)[1:] if not c.ok]
+def missing_requirements(floors: dict[str, str] | None = None, colab: bool | None = None) -> list[str]:
+    """Requirement strings for packages that are missing or older than their floor.
+
+    On Colab the kernel's own packages (``NEVER_INSTALL_ON_COLAB``) are never listed.
+    """
+    colab = paths.in_colab() if colab is None else colab
+    return [f"{c.name}{c.needed}" for c in check_versions(floors, colab)[1:]
+            if not c.ok and not (colab and protected_on_colab(c.name))]
 
 
-def install_missing(floors: dict[str, str] | None = None, run=subprocess.run) -> list[str]:
-    """pip-install only what is missing or too old (Colab's preinstalled packages stay as they are)."""
-    todo = missing_requirements(floors)
+def install_missing(floors: dict[str, str] | None = None, run=subprocess.run, colab: bool | None = None) -> list[str]:
+    """pip-install only what is missing or too old; on Colab never a package of the running kernel."""
+    colab = paths.in_colab() if colab is None else colab
+    todo = missing_requirements(floors, colab)
     if todo:
         print("Installing:", " ".join(todo))
         run([sys.executable, "-m", "pip", "install", "-q", *todo], check=True)
     else:
-        print("All required packages are present.")
+        print("All required packages are present" + (" (Colab's own versions, none installed)." if colab else "."))
     return todo
 
 
@@ -263,22 +305,21 @@ def set_seeds(seed: int = 42) -> None:
 
 def start(mode: str | None = "auto", seed: int = 42, *, smoke: bool = False, subset: float = 1.0,
           use_drive: bool | None = None, build_quick_world: bool = True):
-    """The first call of every notebook: resolve the mode, seed everything, make sure the
-    mode's assets are there.
+    """The first call of every notebook: where the course's folders live, the mode, the seeds,
+    and the mode's assets.
 
+    ``use_drive`` (``None``: yes on Colab) mounts Google Drive on Colab and puts weights/, data/
+    and build/ in ``MyDrive/vggface-gender-course``, for this kernel and every process it starts.
     ``smoke`` (every size at its minimum) and ``subset`` (the share of Adience's users full
     mode uses) are exported as ``COURSE_SMOKE`` / ``COURSE_SUBSET`` with the mode
-    (``COURSE_MODE``), so that every helper (results, caches) agrees with the notebook.
-    ``use_drive`` (Colab only; ``None`` means yes on Colab) mounts Google Drive so that the
-    course's folders live there. Returns ``(mode, assets)``.
+    (``COURSE_MODE``), so that every helper (results, caches) agrees with the notebook. In full
+    mode, Adience's ``aligned.tar.gz`` is unpacked to the runtime's own disk when needed and its
+    faces are counted against the fold files. Returns ``(mode, assets)``.
     """
     subset = float(subset)
     if not 0 < subset <= 1:
         raise ValueError(f"SUBSET must be a share of the users in (0, 1], got {subset}")
-    if use_drive is None:
-        use_drive = paths.in_colab()
-    if use_drive and paths.in_colab():
-        mount_drive()
+    print(use_folders(use_drive))
     mode, why = paths.resolve_mode(mode)
     os.environ[paths.ENV_MODE] = mode
     os.environ[paths.ENV_SMOKE] = "1" if smoke else "0"
@@ -292,6 +333,11 @@ def start(mode: str | None = "auto", seed: int = 42, *, smoke: bool = False, sub
 
         synthetic.ensure_built()
     elif mode == "full":
+        from . import adience
+
+        folds, faces = paths.adience_sources()
+        if faces is not None and all(f.is_file() for f in folds):
+            print(adience.prepare().summary())
         missing = paths.missing_full_assets()
         if missing:
             lines = "\n".join(f"  - {what}: {where}\n    {how}" for what, where, how in missing)
@@ -299,14 +345,47 @@ def start(mode: str | None = "auto", seed: int = 42, *, smoke: bool = False, sub
     return mode, assets
 
 
-def mount_drive(mountpoint: str = "/content/drive") -> Path:
-    """Mount Google Drive (Colab asks the learner once) and create the course's folder on it."""
-    from google.colab import drive  # only on Colab
+def use_folders(use_drive: bool | None = None, colab: bool | None = None) -> str:
+    """Point weights/, data/ and build/ at Google Drive (on Colab, unless declined); say where they are.
 
-    if not Path(mountpoint, "MyDrive").is_dir():
-        drive.mount(mountpoint)
-    paths.DRIVE_HOME.mkdir(parents=True, exist_ok=True)  # paths.assets_home() now points here
-    return paths.DRIVE_HOME
+    ``COURSE_HOME`` / ``COURSE_BUILD_DIR`` are set (and inherited by every process a cell starts);
+    the runtime's own disk keeps the unpacked datasets (``COURSE_FAST_DATA_DIR``). Returns one line
+    for the learner.
+    """
+    colab = paths.in_colab() if colab is None else colab
+    use_drive = colab if use_drive is None else bool(use_drive)
+    if use_drive and colab:
+        home = mount_drive()
+        os.environ[paths.ENV_HOME] = str(home)
+        os.environ[paths.ENV_BUILD] = str(home / "build")
+        os.environ[paths.ENV_FAST_DATA] = str(paths.colab_content() / "course-data")
+        return (f"Google Drive: weights/, data/ and build/ in {home} (kept across runtimes); "
+                f"unpacked datasets on this runtime's disk, {paths.fast_data_dir()}")
+    if paths.using_drive():  # Drive declined after an earlier start() in this kernel used it
+        for name in (paths.ENV_HOME, paths.ENV_BUILD, paths.ENV_FAST_DATA):
+            os.environ.pop(name, None)
+    where = f"weights/ and data/ in {paths.assets_home()}, build/ in {paths.build_dir()}"
+    if colab:
+        return (f"Drive off: {where}, on this runtime's disk only (gone when the runtime ends); "
+                "what another notebook made is recomputed here")
+    if use_drive:
+        return f"USE_DRIVE: Google Drive is mounted only on Colab; here {where}"
+    return where[0].upper() + where[1:]
+
+
+def mount_drive(mountpoint: str | os.PathLike | None = None) -> Path:
+    """Mount Google Drive (Colab asks the learner once per runtime) and create the course's folder on it."""
+    from google.colab import drive  # only on Colab (the tests put a stand-in on the path)
+
+    mountpoint = Path(mountpoint) if mountpoint else paths.drive_mountpoint()
+    if not (mountpoint / "MyDrive").is_dir():
+        drive.mount(str(mountpoint))
+    if not (mountpoint / "MyDrive").is_dir():
+        raise RuntimeError(f"Google Drive did not mount at {mountpoint} (no MyDrive folder there): run the cell again, "
+                           "or set USE_DRIVE = False to work on this runtime's disk only")
+    home = mountpoint / "MyDrive" / paths.DRIVE_FOLDER
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 def main() -> int:

@@ -3,6 +3,10 @@
 ``record("probe.fc7", 0.91)`` merges one key into ``build/results.json`` (``COURSE_RESULTS``
 overrides the path) together with the run's mode, the time and the package versions. Keys
 are flat dotted names (``cv.head_only.mean``) so that two files diff line by line.
+
+When ``COURSE_NOTEBOOK`` names the notebook being run (``python -m helpers.course`` sets it for
+each kernel), the key also goes to that notebook's own file, ``build/results/<notebook>.json``:
+what each notebook measured, apart from what the others did (the notebook tests check it).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +23,23 @@ from . import paths
 from .fileio import write_json_atomic
 
 ENV_RESULTS = "COURSE_RESULTS"
+ENV_NOTEBOOK = "COURSE_NOTEBOOK"  # the notebook being run, e.g. "04_head_finetuning"
 _VERSIONED = ("numpy", "pandas", "tensorflow", "keras", "scikit-learn", "matplotlib")
 
 
 def results_path() -> Path:
     override = os.environ.get(ENV_RESULTS)
     return Path(override) if override else paths.build_dir() / "results.json"
+
+
+def notebook_results_path(notebook: str | None = None) -> Path | None:
+    """``build/results/<notebook>.json`` beside results.json (``None`` when no notebook is named)."""
+    notebook = notebook or os.environ.get(ENV_NOTEBOOK)
+    if not notebook:
+        return None
+    if not re.fullmatch(r"[\w.-]+", notebook):
+        raise ValueError(f"{ENV_NOTEBOOK}={notebook!r}: expected a notebook's file name without its folder")
+    return results_path().parent / "results" / f"{notebook}.json"
 
 
 def load(path: str | os.PathLike | None = None) -> dict:
@@ -40,15 +56,17 @@ def record(key: str, value: Any, mode: str | None = None) -> Any:
     """Store ``value`` under ``key`` and return it unchanged (so it can be used inline)."""
     if not key or not isinstance(key, str):
         raise ValueError(f"a result key must be a non-empty string, got {key!r}")
-    data = load()
-    data["results"][key] = to_jsonable(value)
-    meta = data["meta"]
-    meta["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    meta["mode"] = mode or meta.get("mode") or paths.resolve_mode()[0]
-    meta["smoke"] = paths.smoke()
-    meta["subset"] = paths.subset()
-    meta["versions"] = package_versions()
-    write_json_atomic(results_path(), data, allow_nan=False)
+    stored = to_jsonable(value)
+    for path in filter(None, (results_path(), notebook_results_path())):
+        data = load(path)
+        data["results"][key] = stored
+        meta = data["meta"]
+        meta["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta["mode"] = mode or meta.get("mode") or paths.resolve_mode()[0]
+        meta["smoke"] = paths.smoke()
+        meta["subset"] = paths.subset()
+        meta["versions"] = package_versions()
+        write_json_atomic(path, data, allow_nan=False)
     return value
 
 

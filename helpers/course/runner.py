@@ -10,6 +10,20 @@ error; ``--keep-going`` runs the remaining notebooks anyway.
     python -m helpers.course --mode quick    # force quick mode
     python -m helpers.course --only 03 05    # a subset
     python -m helpers.course --list          # the plan, nothing run
+    python -m helpers.course --colab DIR     # Colab simulated: a fresh runtime per notebook, one shared Drive
+    python -m helpers.course --colab DIR --no-drive   # ... with USE_DRIVE = False: each notebook on its own
+
+**The Colab simulation** (``--colab DIR``) runs each notebook as Colab would: in its own fresh
+runtime folder ``DIR/runtimes/<notebook>`` (Colab's ``/content``), where the notebook's own Setup
+cell clones the course (``git clone https://github.com/…``, redirected to a snapshot of this
+checkout, uncommitted changes included) and starts from an empty build/; the kernel sees
+``COLAB_RELEASE_TAG`` and a stand-in ``google.colab`` (``tests/colab_standin``) whose
+``drive.mount`` links ``DIR/drive`` (or ``--drive FOLDER``), the only folder the runtimes share.
+Nothing is prepared beforehand: notebook 00 builds quick mode's world on the Drive. With
+``--no-drive`` nothing is shared and every notebook recomputes what it needs.
+
+Every notebook's kernel gets ``COURSE_NOTEBOOK``, so the numbers it records also land in its own
+``build/results/<notebook>.json`` (copied to ``DIR/results/`` in the simulation).
 """
 from __future__ import annotations
 
@@ -17,7 +31,10 @@ import argparse
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +46,8 @@ from . import paths
 GITHUB_REPO = "vggface-gender-course/vggface-gender-course"
 GITHUB_BRANCH = "main"
 COLAB_CLONE_DIR = "/content/vggface-gender-course"
+# The stand-in google.colab package the Colab simulation puts on each kernel's path.
+COLAB_STANDIN = paths.REPO_ROOT / "tests" / "colab_standin"
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 
@@ -48,6 +67,44 @@ def clone_url() -> str:
     return f"https://github.com/{GITHUB_REPO}"
 
 
+# The first code cell of every notebook (Setup). It must run before helpers/ is importable, so it
+# is plain Python: find the checkout above the working folder, or, on a fresh Colab runtime
+# (working folder /content), clone the course there; then install only what Colab lacks.
+# `python -m helpers.course --sync-links` writes it into every notebook; a test checks they agree.
+BOOTSTRAP_TEMPLATE = '''import os
+import subprocess
+import sys
+from pathlib import Path
+
+# On Colab: google.colab is imported in its kernel, and COLAB_RELEASE_TAG is set for every process
+IN_COLAB = "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+# The folder that holds helpers/: Jupyter started in the course's folder or in notebooks/ ...
+ROOT = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "helpers" / "course").is_dir()), None)
+if ROOT is None and IN_COLAB:  # ... or a fresh Colab runtime (working folder /content): fetch the code
+    ROOT = Path.cwd() / "{clone_name}"
+    if not (ROOT / "helpers").is_dir():
+        COURSE_URL = "{clone_url}"
+        subprocess.run(["git", "clone", "--quiet", "--depth", "1", COURSE_URL, str(ROOT)], check=True)
+    os.chdir(ROOT / "notebooks")
+if ROOT is None:
+    raise FileNotFoundError(f"no helpers/ folder in {{Path.cwd()}} or above: start Jupyter in the course's folder")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if IN_COLAB:
+    from helpers.course import environment
+
+    environment.install_missing()  # only what Colab lacks: never its TensorFlow, Keras, NumPy or Jupyter'''
+
+
+def bootstrap_source() -> str:
+    """The Setup bootstrap cell, for this repository's clone URL."""
+    return BOOTSTRAP_TEMPLATE.format(clone_name=Path(COLAB_CLONE_DIR).name, clone_url=clone_url())
+
+
+def first_code_cell(nb):
+    return next((c for c in nb.cells if c.cell_type == "code"), None)
+
+
 @dataclass
 class NotebookResult:
     name: str
@@ -56,6 +113,8 @@ class NotebookResult:
     error: str = ""
     failed_cell: int | None = None  # 1-based position in the notebook as committed
     output: Path | None = None
+    results_file: Path | None = None  # what this notebook recorded (build/results/<notebook>.json)
+    peak_rss_mb: float | None = None  # the kernel's peak resident memory (Linux), None if unknown
 
 
 @dataclass
@@ -123,35 +182,50 @@ def execute_notebook(
     cell_timeout: int = 1800,
     kernel_name: str = "python3",
     on_cell=None,
+    cwd: Path | None = None,
+    env: dict | None = None,
 ) -> NotebookResult:
-    """Run one notebook in a fresh kernel (cwd = its folder); write the executed copy."""
+    """Run one notebook in a fresh kernel; write the executed copy to ``output_dir``.
+
+    The kernel starts in ``cwd`` (default: the notebook's folder) with the environment ``env``
+    (default: this process's, plus ``COURSE_NOTEBOOK`` naming the notebook).
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     from .fileio import atomic_path
+    from .results import ENV_NOTEBOOK
 
     result = NotebookResult(path.stem)
     nb = nbformat.read(path, as_version=4)
     injected_at = inject_parameters(nb, parameters)
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     current = {"index": None}
+    if env is None:
+        env = {**os.environ, ENV_NOTEBOOK: path.stem}
 
     def on_cell_start(cell, cell_index, **_):
         current["index"] = cell_index
         if on_cell:
             on_cell(code_cells.index(cell_index) + 1 if cell_index in code_cells else 0, len(code_cells))
 
+    def on_cell_complete(**_):
+        peak = kernel_peak_rss_mb(client)
+        if peak is not None:
+            result.peak_rss_mb = max(peak, result.peak_rss_mb or 0.0)
+
     client = NotebookClient(
         nb,
         timeout=cell_timeout,
         kernel_name=kernel_name,
-        resources={"metadata": {"path": str(path.parent)}},
+        resources={"metadata": {"path": str(cwd or path.parent)}},
         on_cell_start=on_cell_start,
+        on_cell_complete=on_cell_complete,
     )
     start = time.perf_counter()
     try:
-        client.execute()
+        client.execute(env=env)
         result.status = "ok"
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
         result.status = "failed"
@@ -171,6 +245,19 @@ def execute_notebook(
         with atomic_path(result.output) as tmp:
             nbformat.write(nb, tmp)
     return result
+
+
+def kernel_peak_rss_mb(client) -> float | None:
+    """The running kernel's peak resident set (``VmHWM``), in MB; None where /proc cannot tell."""
+    try:
+        pid = client.km.provisioner.pid
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    return None
 
 
 def _error_summary(exc: Exception) -> str:
@@ -203,12 +290,100 @@ def print_plan(plan: Plan) -> None:
 
 def format_summary(results: list[NotebookResult]) -> str:
     width = max([len(r.name) for r in results] + [8])
-    lines = [f"{'notebook':<{width}}  {'status':<8} {'seconds':>8}", "-" * (width + 19)]
+    lines = [f"{'notebook':<{width}}  {'status':<8} {'seconds':>8} {'peak MB':>8}", "-" * (width + 28)]
     for r in results:
-        lines.append(f"{r.name:<{width}}  {r.status:<8} {r.seconds:>8.1f}")
+        peak = f"{r.peak_rss_mb:>8.0f}" if r.peak_rss_mb else f"{'':>8}"
+        lines.append(f"{r.name:<{width}}  {r.status:<8} {r.seconds:>8.1f} {peak}")
     total = sum(r.seconds for r in results)
     lines.append(f"{'total':<{width}}  {'':<8} {total:>8.1f}")
     return "\n".join(lines)
+
+
+@dataclass
+class ColabSimulation:
+    """The folders of one simulated Colab run (``--colab DIR``)."""
+
+    root: Path
+    drive: Path | None  # the folder that plays Google Drive (holds MyDrive/); None: Drive off
+    source_url: str = ""  # the snapshot of this checkout that each runtime's bootstrap clones
+
+    @property
+    def runtimes(self) -> Path:
+        return self.root / "runtimes"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    def runtime(self, notebook: Path) -> Path:
+        return self.runtimes / notebook.stem
+
+    def clone(self, notebook: Path) -> Path:
+        return self.runtime(notebook) / Path(COLAB_CLONE_DIR).name
+
+    def build_dir(self, notebook: Path) -> Path:
+        """Where that notebook's kernel keeps build/: on the Drive, or in its runtime's clone."""
+        if self.drive is not None:
+            return self.drive / "MyDrive" / paths.DRIVE_FOLDER / "build"
+        return self.clone(notebook) / "build"
+
+    def prepare(self, notebooks: list[Path]) -> None:
+        inside = next((p for p in [self.root.resolve(), *self.root.resolve().parents]
+                       if (p / "helpers" / "course").is_dir()), None)
+        if inside is not None:
+            raise SystemExit(f"--colab {self.root}: the folder lies inside a checkout of the course ({inside}); a "
+                             "runtime's Setup cell would find that checkout instead of cloning: choose a folder outside it")
+        for folder in (self.root, self.runtimes):
+            folder.mkdir(parents=True, exist_ok=True)
+        for nb in notebooks:
+            if self.runtime(nb).exists():  # every notebook gets a fresh runtime, as on Colab
+                shutil.rmtree(self.runtime(nb))
+            self.runtime(nb).mkdir(parents=True)
+        if self.drive is not None:
+            (self.drive / "MyDrive").mkdir(parents=True, exist_ok=True)
+        snapshot = self.root / "source"
+        if snapshot.exists():
+            shutil.rmtree(snapshot)
+        self.source_url = snapshot_checkout(snapshot)
+
+    def kernel_env(self, notebook: Path) -> dict:
+        """The environment of a Colab kernel: Colab's marker, the stand-in, the redirected clone."""
+        from .results import ENV_NOTEBOOK, ENV_RESULTS
+
+        env = {k: v for k, v in os.environ.items()
+               if k not in (paths.ENV_HOME, paths.ENV_BUILD, paths.ENV_FAST_DATA, ENV_RESULTS)}
+        env[paths.ENV_COLAB_TAG] = "simulated-by-helpers.course"
+        env[paths.ENV_COLAB_CONTENT] = str(self.runtime(notebook))
+        env[ENV_NOTEBOOK] = notebook.stem
+        env["PYTHONPATH"] = os.pathsep.join([str(COLAB_STANDIN), *filter(None, [os.environ.get("PYTHONPATH")])])
+        if self.drive is not None:
+            env["COLAB_STANDIN_DRIVE"] = str(self.drive)
+        # git's url.<base>.insteadOf: the Setup cell's `git clone https://github.com/...` fetches the snapshot
+        n = int(env.get("GIT_CONFIG_COUNT") or 0)
+        env.update({"GIT_CONFIG_COUNT": str(n + 1), f"GIT_CONFIG_KEY_{n}": f"url.{self.source_url}.insteadOf",
+                    f"GIT_CONFIG_VALUE_{n}": clone_url()})
+        return env
+
+
+def snapshot_checkout(dest: Path, repo: Path | None = None) -> str:
+    """A one-commit git repository of the checkout's files as they are now (tracked and untracked,
+    minus what .gitignore excludes), for the simulated runtimes to clone; returns its file:// URL."""
+    repo = repo or paths.REPO_ROOT
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                check=True, capture_output=True).stdout.decode("utf-8").split("\0")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"--colab needs the course as a git checkout (to clone it like Colab does): {repo}: {exc}")
+    dest.mkdir(parents=True)
+    for rel in filter(None, listed):
+        src = repo / rel
+        if src.is_file():  # listed but deleted in the work tree: not part of the snapshot
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-C", str(dest), "-c", "user.name=helpers.course", "-c", "user.email=course@localhost"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot of the checkout for the Colab simulation"]):
+        subprocess.run(git + cmd, check=True, capture_output=True)
+    return dest.resolve().as_uri()
 
 
 def run(
@@ -220,38 +395,52 @@ def run(
     cell_timeout: int = 1800,
     notebooks_dir: Path | None = None,
     prepare_quick=None,
+    colab: ColabSimulation | None = None,
 ) -> tuple[int, list[NotebookResult]]:
     """Run the plan; returns (exit code, one NotebookResult per planned notebook).
 
     ``prepare_quick`` builds quick mode's assets before the first notebook (default: the
-    synthetic world and the miniature VGG-Face, cached after the first run).
+    synthetic world and the miniature VGG-Face, cached after the first run). ``colab`` runs each
+    notebook in a simulated fresh Colab runtime instead (see the module's docstring); nothing is
+    prepared then: the notebooks fetch and build what they need themselves.
     """
     from . import results as results_mod
 
     plan = make_plan(mode, only, notebooks_dir)
-    print(f"Mode: {plan.reason}")
-    if plan.mode == "full":
-        missing = paths.missing_full_assets()
-        if missing:
-            print("Full mode needs these assets, which are missing:", file=sys.stderr)
-            for what, where, how in missing:
-                print(f"  - {what}: {where}\n      how to get it: {how}", file=sys.stderr)
-            return 2, []
-    output_dir = output_dir or paths.build_dir() / "notebooks"
-    os.environ[paths.ENV_MODE] = plan.mode  # kernels inherit it; helpers agree on the mode
-    extra = extra_parameters or {}
-    os.environ[paths.ENV_SMOKE] = "1" if extra.get("SMOKE") else "0"
-    os.environ[paths.ENV_SUBSET] = repr(float(extra.get("SUBSET", 1.0)))
-    if not only:
-        results_mod.reset(plan.mode)
-    if plan.mode == "quick":
-        if prepare_quick is None:
-            prepare_quick = prepare_synthetic_world
-        t0 = time.perf_counter()
-        prepare_quick()
-        print(f"Synthetic world ready ({time.perf_counter() - t0:.0f} s)")
+    extra = dict(extra_parameters or {})
+    if colab is not None:
+        requested = mode or "auto"
+        print(f"Colab simulated in {colab.root}: a fresh runtime per notebook, "
+              + (f"Google Drive = {colab.drive}" if colab.drive else "Drive off (USE_DRIVE = False)")
+              + f"; mode {requested!r}, resolved by each notebook")
+        colab.prepare(plan.notebooks)
+        if colab.drive is None:
+            extra.setdefault("USE_DRIVE", False)  # with Drive, the notebooks' default (None: yes on Colab) decides
+        parameters = {"MODE": requested, **extra}
+        output_dir = output_dir or colab.root / "notebooks"
+    else:
+        print(f"Mode: {plan.reason}")
+        if plan.mode == "full":
+            missing = paths.missing_full_assets()
+            if missing:
+                print("Full mode needs these assets, which are missing:", file=sys.stderr)
+                for what, where, how in missing:
+                    print(f"  - {what}: {where}\n      how to get it: {how}", file=sys.stderr)
+                return 2, []
+        output_dir = output_dir or paths.build_dir() / "notebooks"
+        os.environ[paths.ENV_MODE] = plan.mode  # kernels inherit it; helpers agree on the mode
+        os.environ[paths.ENV_SMOKE] = "1" if extra.get("SMOKE") else "0"
+        os.environ[paths.ENV_SUBSET] = repr(float(extra.get("SUBSET", 1.0)))
+        if not only:
+            results_mod.reset(plan.mode)
+        if plan.mode == "quick":
+            if prepare_quick is None:
+                prepare_quick = prepare_synthetic_world
+            t0 = time.perf_counter()
+            prepare_quick()
+            print(f"Synthetic world ready ({time.perf_counter() - t0:.0f} s)")
+        parameters = {"MODE": plan.mode, **extra}
 
-    parameters = {"MODE": plan.mode, **(extra_parameters or {})}
     outcomes: list[NotebookResult] = []
     n = len(plan.notebooks)
     for i, path in enumerate(plan.notebooks, 1):
@@ -262,12 +451,29 @@ def run(
                 print(f"\r{label}: cell {k}/{total}", end="", flush=True)
 
         print(f"{label} ...", flush=True)
-        outcome = execute_notebook(path, parameters, output_dir, cell_timeout=cell_timeout, on_cell=on_cell)
+        if colab is not None:
+            own_results = colab.build_dir(path) / "results" / f"{path.stem}.json"
+            cwd, env = colab.runtime(path), colab.kernel_env(path)
+        else:
+            own_results = results_mod.notebook_results_path(path.stem)
+            cwd, env = None, None
+        own_results.unlink(missing_ok=True)  # what this run records, not an earlier run's keys
+        outcome = execute_notebook(path, parameters, output_dir, cell_timeout=cell_timeout, on_cell=on_cell,
+                                   cwd=cwd, env=env)
+        if colab is not None and own_results.is_file():
+            colab.results_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(own_results, colab.results_dir / own_results.name)
+            own_results = colab.results_dir / own_results.name
+        outcome.results_file = own_results if own_results.is_file() else None
         if sys.stdout.isatty():
             print("\r", end="")
-        print(f"{label}: {outcome.status} in {outcome.seconds:.1f} s -> {outcome.output}", flush=True)
+        peak = f", peak {outcome.peak_rss_mb:.0f} MB" if outcome.peak_rss_mb else ""
+        print(f"{label}: {outcome.status} in {outcome.seconds:.1f} s{peak} -> {outcome.output}", flush=True)
         outcomes.append(outcome)
-        results_mod.record(f"runner.{path.stem}.seconds", round(outcome.seconds, 1), mode=plan.mode)
+        if colab is None:
+            results_mod.record(f"runner.{path.stem}.seconds", round(outcome.seconds, 1), mode=plan.mode)
+            if outcome.peak_rss_mb:
+                results_mod.record(f"runner.{path.stem}.peak_rss_mb", round(outcome.peak_rss_mb), mode=plan.mode)
         if outcome.status == "failed":
             print(f"FAILED: {outcome.error}", file=sys.stderr, flush=True)
             if not keep_going:
@@ -276,7 +482,15 @@ def run(
         outcomes.append(NotebookResult(path.stem, status="skipped"))
     print()
     print(format_summary(outcomes))
-    print(f"Results: {results_mod.results_path()}")
+    if colab is not None:
+        summary = {o.name: {"status": o.status, "seconds": round(o.seconds, 1), "peak_rss_mb": o.peak_rss_mb,
+                            "error": o.error or None} for o in outcomes}
+        from .fileio import write_json_atomic
+
+        write_json_atomic(colab.root / "summary.json", summary)
+        print(f"Results: {colab.results_dir}/<notebook>.json; summary: {colab.root / 'summary.json'}")
+    else:
+        print(f"Results: {results_mod.results_path()}")
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         print(f"FAILED: {o.error}", file=sys.stderr)
@@ -284,11 +498,12 @@ def run(
 
 
 def sync_links(readme: Path | None = None, notebooks: list[Path] | None = None) -> list[Path]:
-    """Rewrite every Colab badge and clone URL from ``GITHUB_REPO``; return the files changed."""
-    import nbformat
+    """Rewrite every Colab badge from ``GITHUB_REPO`` and every notebook's first code cell from
+    ``bootstrap_source()`` (the clone URL included); return the files changed.
 
+    Notebooks are edited as JSON and written back in nbformat's layout, so only the changed
+    lines differ."""
     badge_re = re.compile(r'<a href="https://colab\.research\.google\.com/github/[^"]*/notebooks/([\w-]+\.ipynb)"[^>]*>.*?</a>')
-    clone_re = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+(?=\s|$|\")")
     changed = []
     readme = readme or paths.REPO_ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
@@ -297,18 +512,27 @@ def sync_links(readme: Path | None = None, notebooks: list[Path] | None = None) 
         readme.write_text(new, encoding="utf-8")
         changed.append(readme)
     for path in notebooks or discover_notebooks():
-        nb = nbformat.read(path, as_version=4)
+        nb = json.loads(path.read_text(encoding="utf-8"))
         dirty = False
-        for cell in nb.cells:
-            src = badge_re.sub(lambda m: colab_badge(m.group(1)), cell.source)
-            if cell.cell_type == "code" and "git clone" in src:
-                src = clone_re.sub(clone_url(), src)
-            if src != cell.source:
-                cell.source, dirty = src, True
+        for cell in nb["cells"]:
+            src = "".join(cell["source"])
+            new = badge_re.sub(lambda m: colab_badge(m.group(1)), src)
+            if new != src:
+                cell["source"], dirty = _source_lines(new), True
+        setup = next((c for c in nb["cells"] if c["cell_type"] == "code"), None)
+        if setup is not None and "".join(setup["source"]) != bootstrap_source():
+            setup["source"], dirty = _source_lines(bootstrap_source()), True
         if dirty:
-            nbformat.write(nb, path)
+            from .fileio import write_text_atomic
+
+            write_text_atomic(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
             changed.append(path)
     return changed
+
+
+def _source_lines(text: str) -> list[str]:
+    """A cell's source as nbformat stores it: lines with their newlines, the last one without."""
+    return text.splitlines(keepends=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,9 +549,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=float, default=None, metavar="F",
                         help="full mode on a share F of Adience's users (whole users, every fold kept): SUBSET = F")
     parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds one cell may run")
+    parser.add_argument("--colab", type=Path, metavar="DIR",
+                        help="simulate Colab in DIR: each notebook in its own fresh runtime (its Setup cell clones this "
+                             "checkout), a stand-in google.colab, one shared Drive folder (DIR/drive)")
+    parser.add_argument("--drive", type=Path, metavar="FOLDER",
+                        help="with --colab: the folder that plays Google Drive (holds MyDrive/; default DIR/drive)")
+    parser.add_argument("--no-drive", action="store_true",
+                        help="with --colab: USE_DRIVE = False, nothing shared between the runtimes")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                         help="extra parameter for every notebook (VALUE is read as JSON when it parses, else as a string)")
-    parser.add_argument("--sync-links", action="store_true", help="rewrite Colab badges and clone URLs from GITHUB_REPO")
+    parser.add_argument("--sync-links", action="store_true", help="rewrite Colab badges and every notebook's Setup bootstrap cell (clone URL) from GITHUB_REPO")
     args = parser.parse_args(argv)
     if args.sync_links:
         for p in sync_links():
@@ -348,7 +579,15 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.subset <= 1:
             parser.error(f"--subset {args.subset}: a share of the users in (0, 1]")
         extra["SUBSET"] = args.subset
-    code, _ = run(args.mode, args.only, args.keep_going, args.output_dir, extra, args.cell_timeout)
+    colab = None
+    if args.colab is not None:
+        if args.no_drive and args.drive:
+            parser.error("--drive and --no-drive contradict each other")
+        drive = None if args.no_drive else (args.drive or args.colab / "drive")
+        colab = ColabSimulation(args.colab.resolve(), drive.resolve() if drive else None)
+    elif args.drive or args.no_drive:
+        parser.error("--drive and --no-drive go with --colab DIR")
+    code, _ = run(args.mode, args.only, args.keep_going, args.output_dir, extra, args.cell_timeout, colab=colab)
     return code
 
 
