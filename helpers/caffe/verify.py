@@ -183,6 +183,8 @@ def keras_forward(model, images, outputs=VERIFIED_BLOBS, net=None) -> dict[str, 
 
     names = [keras_layer_for_blob(net, b) for b in outputs] if net is not None else list(outputs)
     values = feature_model(model, names)(np.asarray(images, dtype=np.float32), training=False)
+    if len(names) == 1 and not isinstance(values, (list, tuple)):
+        values = [values]  # a one-output model returns its tensor alone
     result = {}
     for name, v in zip(outputs, values):
         v = np.asarray(v, dtype=np.float64)
