@@ -128,10 +128,12 @@ def keras_tiny_vggface(*, widths=KERAS_WIDTHS, fc=KERAS_FC, classes: int = 5, hw
 # ----------------------------------------------------------------------------- any Caffe net
 
 def _pair(params, key, default):
+    """Caffe's (h, w) of ``kernel_size``/``stride``/``pad``/``dilation``: repeated, or ``kernel_h``..."""
     v = params.get(key, default)
     v = v if isinstance(v, list) else [v]
-    h = params.get(f"{key}_h", v[0] if v else default)
-    w = params.get(f"{key}_w", v[1] if len(v) > 1 else (v[0] if v else default))
+    base = "kernel" if key == "kernel_size" else key
+    h = params.get(f"{base}_h", v[0] if v else default)
+    w = params.get(f"{base}_w", v[1] if len(v) > 1 else (v[0] if v else default))
     return int(h), int(w)
 
 
