@@ -24,12 +24,12 @@ from .preprocessing import VGGFACE_MEAN_BGR, Preprocessing
 from .prototxt import parse_prototxt
 from .spec import V1_LAYER_TYPES, V1_TO_V2_TYPE, CaffeFormatError, CaffeLayerBlobs, ConversionError, EnumValue, LayerSpec, NetSpec, keras_layer_name
 from .weights import keras_to_caffe_blobs, load_caffe_weights
-from .writer import format_prototxt, write_caffemodel, write_prototxt
+from .writer import format_prototxt, write_blobproto, write_caffemodel, write_prototxt
 
 __all__ = [
     "V1_LAYER_TYPES", "V1_TO_V2_TYPE", "CaffeFormatError", "CaffeLayerBlobs", "ConversionError", "EnumValue", "LayerSpec",
     "NetSpec", "Preprocessing", "VGGFACE_MEAN_BGR", "build_keras_model", "keras_layer_for_blob", "keras_layer_name",
     "format_prototxt", "keras_to_caffe_blobs", "load_caffe_weights", "load_or_convert",
     "parse_prototxt", "read_blobproto", "read_caffemodel", "read_mean_file", "set_class_names", "unsupported_layers",
-    "write_caffemodel", "write_prototxt",
+    "write_blobproto", "write_caffemodel", "write_prototxt",
 ]

@@ -265,3 +265,17 @@ def write_caffemodel(path: str | os.PathLike, layers: list[CaffeLayerBlobs], for
                 fh.write(h)
                 p.write(fh)
     return Path(path)
+
+
+def write_blobproto(path: str | os.PathLike, array, legacy_dims: bool = True) -> Path:
+    """Write one array as a binary ``BlobProto`` file (Caffe's ``mean.binaryproto``), atomically.
+
+    A (C, H, W) mean is written as (1, C, H, W), as Caffe's ``compute_image_mean`` does.
+    """
+    arr = np.asarray(array, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    plan = _BlobPlan(arr, f"{Path(path).name}", legacy_dims, packed=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        plan.write(fh)
+    return Path(path)
