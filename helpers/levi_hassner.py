@@ -14,7 +14,8 @@ its accuracy on any Adience fold may include faces it was trained on.
 Here: where the release lies and whether it is the authors' (``release_files``,
 ``check_release``), its conversion (``convert_release``, ``load_or_convert``), a stand-in at
 the real size and format for rehearsals (``write_stand_in``), and its evaluation on given faces
-(``evaluate``: accuracy, per-class recall, per-age, per-fold, with user-bootstrap intervals).
+(``evaluate`` and ``score``: accuracy, per-class recall, per-age, per-fold, with user-bootstrap
+intervals from ``helpers.evaluation``).
 """
 from __future__ import annotations
 
@@ -199,10 +200,21 @@ class Evaluation:
     table: object          # accuracy and per-class recall with user-bootstrap intervals (pandas)
     per_age: object        # helpers.evaluation.group_accuracy per age group
     per_fold: object       # the same per fold (None without a ``fold`` column)
-    probs: np.ndarray      # (N, 2): P(m), P(f)
+    probs: np.ndarray      # (N, 2): P(m), P(f), for the faces in ``index``
+    index: object          # the frame index of the scored faces (m and f only)
     n_faces: int
     skipped: int           # faces of other classes than m/f (the network has no answer for them)
     seconds: float
+
+    def probs_for(self, frame, class_names: Sequence[str] = ("m", "f")) -> np.ndarray:
+        """The predictions for ``frame``'s m and f faces, for :func:`score` (each must have been
+        evaluated: a subset of the evaluated frame)."""
+        faces, _, _ = _kept(frame, class_names)
+        position = {key: i for i, key in enumerate(self.index)}
+        missing = [k for k in faces.index if k not in position]
+        if missing:
+            raise KeyError(f"{len(missing)} of the {len(frame)} faces were not evaluated (first: {missing[0]!r})")
+        return self.probs[[position[k] for k in faces.index]]
 
     def summary(self) -> str:
         low, high = self.table.loc["accuracy", ["low", "high"]]
@@ -215,36 +227,97 @@ class Evaluation:
                 f"(interval {low:.1%}–{high:.1%}) on {self.n_faces} faces{skipped}{folds}")
 
 
+def _kept(frame, class_names):
+    names = [str(c) for c in class_names]
+    keep = frame.label.map(lambda k: names[int(k)] in CLASS_NAMES).to_numpy(bool)
+    if not keep.any():
+        raise ValueError(f"no face of class {list(CLASS_NAMES)} among the {len(frame)} given (classes {names})")
+    faces = frame[keep]
+    y = np.array([CLASS_NAMES.index(names[int(k)]) for k in faces.label])
+    return faces, y, int((~keep).sum())
+
+
 def evaluate(model, frame, root, *, class_names: Sequence[str] = ("m", "f"), batch_size: int = 64,
              n_boot: int = 1000, seed: int = 0) -> Evaluation:
     """The network's predictions on ``frame``'s faces (``path``, ``label`` indexing
     ``class_names``, ``user_id``, ``age_group``, optionally ``fold``), resized to 256x256 as
-    the authors did, scored with the evaluation module's user bootstrap (accuracy, recall per
-    class) and per-group accuracy (per age group, per fold). Faces whose class is neither ``m``
-    nor ``f`` (three-class protocol's ``u``) are left out and counted."""
-    from . import evaluation as ev
+    the authors did, scored by :func:`score`. Faces whose class is neither ``m`` nor ``f``
+    (the three-class protocol's ``u``) are left out and counted."""
     from . import pipeline
 
     start = time.perf_counter()
-    names = [str(c) for c in class_names]
-    model_names = [str(c) for c in CLASS_NAMES]
-    keep = frame.label.map(lambda k: names[int(k)] in model_names).to_numpy(bool)
-    faces = frame[keep]
-    if len(faces) == 0:
-        raise ValueError(f"no face of class {model_names} among the {len(frame)} given (classes {names})")
-    y = np.array([model_names.index(names[int(k)]) for k in faces.label])
+    faces, _, _ = _kept(frame, class_names)
     size = tuple(model.input_shape[1:3])
     batches = pipeline.make_dataset(faces, root, image_size=size, resize="direct", training=False, labels=False,
                                     batch_size=batch_size)
     probs = model.predict(batches, verbose=0).astype("float64")
+    result = score(frame, probs, class_names=class_names, n_boot=n_boot, seed=seed)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def score(frame, probs, *, class_names: Sequence[str] = ("m", "f"), n_boot: int = 1000, seed: int = 0) -> Evaluation:
+    """Accuracy and per-class recall (``helpers.evaluation.user_bootstrap``), accuracy per age
+    group and per fold (``group_accuracy``) of predictions ``probs`` for ``frame``'s m and f
+    faces, in order (e.g. ``evaluation.probs_for(test)`` for a subset already predicted)."""
+    from . import evaluation as ev
+
+    faces, y, skipped = _kept(frame, class_names)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(faces), len(CLASS_NAMES)):
+        raise ValueError(f"probs must be ({len(faces)}, {len(CLASS_NAMES)}) for the m/f faces, got {probs.shape}")
     pred = probs.argmax(axis=1)
     users = faces.user_id.to_numpy()
-    boot = ev.user_bootstrap(y, pred, users, model_names, n_boot=n_boot, seed=seed)
+    boot = ev.user_bootstrap(y, pred, users, list(CLASS_NAMES), n_boot=n_boot, seed=seed)
     per_age = ev.group_accuracy(y, pred, faces.age_group, users, n_boot=n_boot, seed=seed)
     per_fold = None
     if "fold" in faces and faces.fold.notna().all():
         folds = sorted(int(f) for f in faces.fold.unique())
         per_fold = ev.group_accuracy(y, pred, faces.fold.astype(int), users, order=folds, n_boot=n_boot, seed=seed)
     return Evaluation(accuracy=float(np.mean(pred == y)), table=boot.table, per_age=per_age, per_fold=per_fold,
-                      probs=probs, n_faces=len(faces), skipped=int((~keep).sum()),
-                      seconds=time.perf_counter() - start)
+                      probs=probs, index=faces.index, n_faces=len(faces), skipped=skipped, seconds=0.0)
+
+
+# ----------------------------------------------------------------------------- which folds? the mean image tells
+
+def fold_mean_images(frame, root, *, class_names: Sequence[str] = ("m", "f"), max_per_fold: int | None = 500,
+                     seed: int = 0, batch_size: int = 64):
+    """``({fold: (3, 256, 256) BGR mean image}, {fold: its m and f faces})``: each fold's m and f
+    faces (the authors' gender training lists hold no others) resized to 256x256 as their
+    ``convert_imageset`` did, averaged over a seeded sample of ``max_per_fold`` faces per fold
+    (all with None); the second dict counts every m/f face of the fold (the split weights)."""
+    from . import pipeline
+
+    kept, _, _ = _kept(frame, class_names)
+    means, counts = {}, {}
+    for fold, faces in kept.groupby("fold"):
+        counts[int(fold)] = len(faces)
+        if max_per_fold is not None and len(faces) > max_per_fold:
+            faces = faces.sample(max_per_fold, random_state=seed)
+        total = np.zeros((*IMAGE_SIZE, 3))
+        for images in pipeline.make_dataset(faces, root, image_size=IMAGE_SIZE, resize="direct", training=False,
+                                            labels=False, batch_size=batch_size):
+            total += images.numpy().sum(axis=0)
+        means[int(fold)] = (total / len(faces))[..., ::-1].transpose(2, 0, 1)  # RGB (H, W, C) -> BGR (C, H, W)
+    return means, counts
+
+
+def training_split_match(released_mean, fold_means: dict, fold_sizes: dict):
+    """How close the released ``mean.binaryproto`` is to the mean of each five-fold training
+    split (the four folds other than the test fold, weighted by their sizes), as a table sorted
+    by RMS difference (per pixel and channel, 0-255 scale). The authors computed their mean on
+    the training split of one fold (``make_mean_imag_test_fold_is_k.sh``): the nearest split is
+    the evidence of which folds the released network trained on; ``gap`` says how clear it is."""
+    import pandas as pd
+
+    released = np.asarray(released_mean, dtype=np.float64)
+    rows = []
+    for test_fold in sorted(fold_means):
+        train = [f for f in fold_means if f != test_fold]
+        weights = np.array([fold_sizes[f] for f in train], dtype=np.float64)
+        split_mean = np.tensordot(weights / weights.sum(), np.stack([fold_means[f] for f in train]), axes=1)
+        rows.append({"test fold": test_fold, "trained on": ", ".join(map(str, train)),
+                     "rms difference": float(np.sqrt(np.mean((split_mean - released) ** 2)))})
+    table = pd.DataFrame(rows).sort_values("rms difference").reset_index(drop=True)
+    table["gap"] = table["rms difference"] - table["rms difference"].iloc[0]
+    return table

@@ -130,3 +130,43 @@ def test_load_or_convert_saves_once(stand_in, monkeypatch):
     monkeypatch.setattr(lh, "convert_release", lambda *a, **k: calls.append(a))
     again = lh.load_or_convert(files)
     assert calls == [] and again.input_shape == first.input_shape
+
+
+def test_score_reuses_predictions_for_a_subset(stand_in, tmp_path):
+    _, model = stand_in
+    frame = _faces(tmp_path)
+    everything = lh.evaluate(model, frame, tmp_path, class_names=("m", "f", "u"), batch_size=4, n_boot=20)
+    fold1 = frame[frame.fold == 1]
+    again = lh.score(fold1, everything.probs_for(fold1, ("m", "f", "u")), class_names=("m", "f", "u"), n_boot=20)
+    direct = lh.evaluate(model, fold1, tmp_path, class_names=("m", "f", "u"), n_boot=20)
+    assert again.accuracy == direct.accuracy and again.n_faces == direct.n_faces == 4
+    np.testing.assert_allclose(again.probs, direct.probs, rtol=1e-4, atol=1e-6)
+    outside = _faces(tmp_path / "other", folds=(7,))
+    with pytest.raises(KeyError, match="were not evaluated"):
+        everything.probs_for(outside.set_index(outside.index + 100), ("m", "f", "u"))
+    with pytest.raises(ValueError, match=r"probs must be \(4, 2\)"):
+        lh.score(fold1, np.zeros((3, 2)), class_names=("m", "f", "u"))
+
+
+def test_training_split_match_finds_the_split_whose_mean_was_released():
+    rng = np.random.default_rng(3)
+    fold_means = {k: rng.uniform(80, 140, (3, 8, 8)) for k in range(5)}
+    sizes = {0: 40, 1: 30, 2: 50, 3: 20, 4: 60}
+    trained_on = [0, 1, 3, 4]  # the network held out fold 2
+    w = np.array([sizes[k] for k in trained_on], float)
+    released = sum(wk * fold_means[k] for wk, k in zip(w / w.sum(), trained_on))
+    table = lh.training_split_match(released + rng.normal(0, 0.1, released.shape), fold_means, sizes)
+    assert table.loc[0, "test fold"] == 2 and table.loc[0, "trained on"] == "0, 1, 3, 4"
+    assert table.loc[0, "rms difference"] < 0.2 < table.loc[1, "gap"]
+
+
+def test_fold_mean_images_average_the_resized_faces(tmp_path):
+    frame = _faces(tmp_path, n_per_fold=4)  # per fold: labels m, f, u, m: three m/f faces
+    means, counts = lh.fold_mean_images(frame, tmp_path, class_names=("m", "f", "u"), max_per_fold=2, seed=0,
+                                        batch_size=1)
+    assert counts == {0: 3, 1: 3} and means[0].shape == (3, 256, 256)
+    from helpers import pipeline
+
+    picked = frame[(frame.fold == 1) & (frame.label < 2)].sample(2, random_state=0)
+    images = pipeline.load_images(picked, tmp_path, (256, 256), resize="direct")
+    np.testing.assert_allclose(means[1], images.mean(axis=0)[..., ::-1].transpose(2, 0, 1), rtol=1e-5, atol=1e-3)
