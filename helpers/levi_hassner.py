@@ -136,17 +136,20 @@ def preprocessing(mean_file):
     return Preprocessing.from_mean_file(mean_file, crop=CROP, channel_order="BGR")
 
 
-def write_stand_in(folder, seed: int = 0) -> dict[str, Path]:
+def write_stand_in(folder=None, seed: int = 0) -> dict[str, Path]:
     """A STAND-IN release at the real size and in the real formats (V1 prototxt, V1 caffemodel
     with legacy 4-D blobs, a 256x256 BlobProto mean), with seeded random weights and a smooth
     mean face: for rehearsing the conversion and the evaluation where the real files are absent.
-    It has learned nothing; its predictions mean nothing."""
+    It has learned nothing; its predictions mean nothing. ``folder`` defaults to a new temporary
+    folder on the local disk (46 MB that need not go to a Drive-backed build folder)."""
+    import tempfile
+
     import keras
 
     from .caffe import keras_to_caffe_blobs, write_blobproto, write_caffemodel, write_prototxt
     from .caffe.keras_model import build_keras_model
 
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="levi_hassner_stand_in_"))
     folder.mkdir(parents=True, exist_ok=True)
     net = netspec(batch=10)  # the release declares 10 input_dim
     keras.utils.set_random_seed(seed)
