@@ -21,34 +21,31 @@ import keras
 import numpy as np
 from keras import ops
 
-from .caffe import layers as _caffe_layers  # noqa: F401  (registers the Caffe layers a converted model uses)
-
-# The mean face colour of the VGG-Face training set, in Caffe's channel order (B, G, R).
-VGGFACE_MEAN_BGR = (93.5940, 104.7624, 129.1863)
+from .caffe.layers import CaffePreprocess  # importing it registers the Caffe layers a converted model uses
+from .caffe.preprocessing import VGGFACE_MEAN_BGR  # the mean face colour (B, G, R) of VGG-Face's training set
 
 # Layers of the VGG-16 topology, per block (Caffe names).
 _CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 
 
 @keras.saving.register_keras_serializable(package="helpers")
-class VGGFacePreprocess(keras.layers.Layer):
-    """RGB float 0-255 (N, H, W, 3) -> BGR minus the per-channel mean, as Caffe's VGG-Face expects."""
+class VGGFacePreprocess(CaffePreprocess):
+    """RGB float 0-255 (N, H, W, 3) -> BGR minus the per-channel mean, as Caffe's VGG-Face expects.
+
+    VGG-Face's case of ``helpers.caffe.layers.CaffePreprocess`` (the layer other Caffe nets get,
+    with their own mean, scale, crop); its config stays ``mean_bgr`` only, so models saved
+    before that layer existed still load.
+    """
 
     def __init__(self, mean_bgr: Sequence[float] = VGGFACE_MEAN_BGR, **kwargs):
-        super().__init__(**kwargs)
         if len(mean_bgr) != 3:
             raise ValueError(f"mean_bgr must hold 3 values (B, G, R), got {mean_bgr!r}")
+        super().__init__(channel_order="BGR", mean=mean_bgr, **kwargs)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
 
-    def call(self, inputs):
-        bgr = ops.flip(ops.cast(inputs, self.compute_dtype), axis=-1)
-        return bgr - ops.convert_to_tensor(self.mean_bgr, dtype=self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
-        return {**super().get_config(), "mean_bgr": list(self.mean_bgr)}
+        config = keras.layers.Layer.get_config(self)
+        return {**config, "mean_bgr": list(self.mean_bgr)}
 
 
 @keras.saving.register_keras_serializable(package="helpers")

@@ -481,3 +481,31 @@ def test_cli_fetch_reports_failure_with_manual_steps(server, home, tarball, monk
     assert asset.url in err and "by hand" in err and str(assets.default_cache_dir() / asset.filename) in err
     assert assets.main(["fetch", "adience"]) == 2
     assert "Adience-data.html" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- Levi & Hassner's release
+
+
+def test_levi_hassner_entry_downloads_unpacks_and_is_found(server, home):
+    from helpers import levi_hassner
+
+    entry = assets.REGISTRY["levi_hassner_gender"]
+    assert entry.url == ("https://www.openu.ac.il/home/hassner/projects/cnn_agegender/"
+                         "cnn_age_gender_models_and_data.0.0.2.zip")
+    assert entry.sha256 is None and entry.extract_to == "weights/levi_hassner"
+    assert [p.name for p in entry.provided_paths()] == list(levi_hassner.FILES)
+    # A zip with the release's layout, served locally: downloaded, pinned, unpacked where
+    # helpers.levi_hassner looks.
+    contents = {"deploy_gender.prototxt": b'name: "CaffeNet"\n', "gender_net.caffemodel": bytes(range(256)) * 400,
+                "mean.binaryproto": b"\x08\x01" * 50, "deploy_age.prototxt": b'name: "CaffeNet"\n'}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, payload in contents.items():
+            zf.writestr(f"cnn_age_gender_models_and_data.0.0.2/{name}", payload)
+    server.files["/lh.zip"] = buf.getvalue()
+    local = dataclasses.replace(entry, url=server.url("/lh.zip"))
+    got = assets.fetch_and_extract(local, progress=False)
+    assert got == entry.provided_paths()
+    found = levi_hassner.release_files()
+    assert {n: p.read_bytes() for n, p in found.items()} == {n: contents[n] for n in levi_hassner.FILES}
+    assert (assets.default_cache_dir() / f"{entry.filename}.sha256").read_text().split()[0] == sha256(buf.getvalue())

@@ -1,8 +1,9 @@
 """helpers.caffe (conversion and verification) against an independent Caffe engine (OpenCV's importer), on narrow VGG-Face nets.
 
-The Caffe blobs are drawn here with numpy in Caffe's own layout, written with the
-caffe_format writer, and run by OpenCV on inputs preprocessed here by hand (BGR, minus the
-mean, NCHW), so the Keras side shares no code with the reference.
+The Caffe blobs are drawn with numpy in Caffe's own layout (``tests.tiny_vgg.write_caffe_files``),
+written with the caffe writer, and run by OpenCV on inputs preprocessed here by hand (BGR,
+minus the mean, NCHW), so the Keras side shares no code with the reference. Only the tests
+that run OpenCV are skipped where its Caffe importer is missing (OpenCV 5 has none).
 """
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")  # test-only dependency (requirements-dev.txt)
-
 from helpers import caffe as cf  # noqa: E402
 from helpers import caffe
 import helpers
 from helpers import vggface
 from helpers.course import fileio
 from helpers.caffe import convert, verify, weights as caffe_weights  # noqa: E402
+from tests.tiny_vgg import write_caffe_files
+
+# OpenCV is a test-only dependency (requirements-dev.txt), and OpenCV 5 has no Caffe importer.
+needs_opencv = pytest.mark.skipif(not verify.opencv_has_caffe(), reason="needs OpenCV with its Caffe importer (4.x)")
 
 WIDTHS = dict(conv_widths=(4, 8, 8, 16, 16), fc_widths=(32, 32), n_classes=10)
 MEAN_BGR = np.array([93.5940, 104.7624, 129.1863], dtype=np.float32)
@@ -29,46 +32,9 @@ COMPARED = ("pool5", "fc7", "fc8")
 OPENCV_NAMES = {"pool5": "pool5", "fc7": "relu7", "fc8": "fc8"}
 
 
-def caffe_shapes(net) -> dict[str, list[tuple[int, ...]]]:
-    """Blob shapes of the weighted layers, computed by walking the net in Caffe's own terms."""
-    c, h, w = net.input_shape[1:]
-    shapes = {}
-    for layer in net.layers:
-        p = layer.params
-        if layer.type == "Convolution":
-            o = p["num_output"]
-            shapes[layer.name] = [(o, c, 3, 3), (o,)]
-            c = o
-        elif layer.type == "Pooling":
-            h, w = -(-(h - 2) // 2) + 1, -(-(w - 2) // 2) + 1
-        elif layer.type == "InnerProduct":
-            o = p["num_output"]
-            shapes[layer.name] = [(o, c * h * w), (o,)]
-            c, h, w = o, 1, 1
-    return shapes
-
-
-def random_caffe_blobs(net, seed: int) -> list[cf.CaffeLayerBlobs]:
-    rng = np.random.default_rng(seed)
-    shapes = caffe_shapes(net)
-    out = []
-    for layer in net.layers:
-        blobs = []
-        if layer.name in shapes:
-            w_shape, b_shape = shapes[layer.name]
-            fan_in = int(np.prod(w_shape[1:]))
-            blobs = [rng.normal(0, np.sqrt(2 / fan_in), w_shape).astype(np.float32),
-                     rng.normal(0, 0.1, b_shape).astype(np.float32)]
-        out.append(cf.CaffeLayerBlobs(name=layer.name, type=layer.type, blobs=blobs))
-    return out
-
-
 def write_net(folder, hw=(64, 64), syntax="v1", seed=0, **widths):
     net = vggface.vggface_netspec(**{**WIDTHS, **widths}, input_hw=hw)
-    prototxt = cf.write_prototxt(folder / f"net_{syntax}.prototxt", net, syntax=syntax)
-    caffemodel = cf.write_caffemodel(folder / f"net_{syntax}.caffemodel", random_caffe_blobs(net, seed),
-                                     format=syntax)
-    return prototxt, caffemodel
+    return write_caffe_files(folder, net, seed=seed, syntax=syntax, stem=f"net_{syntax}")
 
 
 def faces(n, hw, seed=1):
@@ -77,6 +43,8 @@ def faces(n, hw, seed=1):
 
 def opencv_outputs(prototxt, caffemodel, rgb, mean=MEAN_BGR, bgr=True):
     """OpenCV's pool5 / fc7 (after ReLU) / fc8 for RGB 0-255 images, preprocessed by hand."""
+    import cv2
+
     channels = rgb[..., ::-1] if bgr else rgb
     blob = np.ascontiguousarray((channels - mean).transpose(0, 3, 1, 2), dtype=np.float32)
     net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
@@ -114,11 +82,13 @@ def v1_model(v1_files):
 
 # ----------------------------------------------------------------------------- agreement
 
+@needs_opencv
 def test_v1_network_matches_opencv(v1_files, v1_model):
     rgb = faces(3, (64, 64))
     assert_matches(opencv_outputs(*v1_files, rgb), keras_outputs(v1_model, rgb))
 
 
+@needs_opencv
 def test_v2_network_matches_opencv(tmp_path):
     files = write_net(tmp_path, syntax="v2", seed=5)
     model = convert.convert(*files, progress=False)
@@ -126,6 +96,7 @@ def test_v2_network_matches_opencv(tmp_path):
     assert_matches(opencv_outputs(*files, rgb), keras_outputs(model, rgb))
 
 
+@needs_opencv
 def test_non_square_odd_input_matches_opencv(tmp_path):
     # 45x75 makes every pooling see odd sizes at some point: Caffe rounds up (ceil mode).
     files = write_net(tmp_path, hw=(45, 75), seed=3)
@@ -144,6 +115,7 @@ def test_input_hw_overrides_prototxt_size(v1_files):
 
 # ----------------------------------------------------------------------------- the traps
 
+@needs_opencv
 def test_trap_wrong_flatten_order_breaks_fc(v1_files, monkeypatch):
     monkeypatch.setattr(caffe_weights, "flatten_source_shape", lambda model, name: None)
     model = convert.convert(*v1_files, progress=False)
@@ -153,6 +125,7 @@ def test_trap_wrong_flatten_order_breaks_fc(v1_files, monkeypatch):
     assert rel_error(ref["fc7"], got["fc7"]) > 0.1
 
 
+@needs_opencv
 @pytest.mark.parametrize("trap", ["rgb_not_bgr", "no_mean"])
 def test_trap_wrong_preprocessing_breaks_everything(v1_files, v1_model, trap):
     rgb = faces(2, (64, 64))
@@ -162,6 +135,7 @@ def test_trap_wrong_preprocessing_breaks_everything(v1_files, v1_model, trap):
     assert rel_error(ref["pool5"], got["pool5"]) > 0.05
 
 
+@needs_opencv
 def test_trap_untransposed_kernels_break_convolutions(v1_files):
     net = cf.parse_prototxt(v1_files[0])
     blobs = cf.read_caffemodel(v1_files[1])
@@ -233,11 +207,11 @@ def test_shape_mismatch_names_layer_and_both_shapes(tmp_path):
 
 def test_unknown_layer_types_are_all_listed():
     net = vggface.vggface_netspec(**WIDTHS, input_hw=(32, 32))
-    net.layers.insert(2, cf.LayerSpec("norm1", "LRN", ["conv1_1"], ["conv1_1"], {}, 7))
+    net.layers.insert(2, cf.LayerSpec("sig1", "Sigmoid", ["conv1_1"], ["conv1_1"], {}, 7))
     net.layers.insert(5, cf.LayerSpec("bn2", "BatchNorm", ["conv1_2"], ["conv1_2"], {}, 9))
     with pytest.raises(caffe.ConversionError) as err:
         caffe.build_keras_model(net)
-    assert "norm1 (LRN, line 7)" in str(err.value) and "bn2 (BatchNorm, line 9)" in str(err.value)
+    assert "sig1 (Sigmoid, line 7)" in str(err.value) and "bn2 (BatchNorm, line 9)" in str(err.value)
 
 
 def test_names_count_must_match_outputs(v1_files):
@@ -301,6 +275,7 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
 
 
+@needs_opencv
 def test_ceil_mode_and_padded_pooling_match_opencv_and_numpy_reference(tmp_path):
     # no ReLU after conv1: a max over negative values must not pick up a padded zero
     prototxt = tmp_path / "odd.prototxt"
@@ -324,6 +299,7 @@ def test_ceil_mode_and_padded_pooling_match_opencv_and_numpy_reference(tmp_path)
     assert max(verify.relative_errors(ref, numpy_ref).values()) < 1e-4
 
 
+@needs_opencv
 def test_numpy_reference_and_traps_on_vgg_face(v1_files, v1_model):
     net = cf.parse_prototxt(v1_files[0])
     blobs = cf.read_caffemodel(v1_files[1])

@@ -123,3 +123,87 @@ def keras_tiny_vggface(*, widths=KERAS_WIDTHS, fc=KERAS_FC, classes: int = 5, hw
     keras.utils.set_random_seed(seed)
     net = vggface_netspec(conv_widths=widths, fc_widths=fc, n_classes=classes, input_hw=hw)
     return build_keras_model(net, class_names=class_names)
+
+
+# ----------------------------------------------------------------------------- any Caffe net
+
+def _pair(params, key, default):
+    """Caffe's (h, w) of ``kernel_size``/``stride``/``pad``/``dilation``: repeated, or ``kernel_h``..."""
+    v = params.get(key, default)
+    v = v if isinstance(v, list) else [v]
+    base = "kernel" if key == "kernel_size" else key
+    h = params.get(f"{base}_h", v[0] if v else default)
+    w = params.get(f"{base}_w", v[1] if len(v) > 1 else (v[0] if v else default))
+    return int(h), int(w)
+
+
+def caffe_blob_shapes(net: NetSpec) -> dict[str, list[tuple[int, ...]]]:
+    """Natural Caffe blob shapes of every layer of ``net``, walked in Caffe's own terms (NCHW,
+    grouped convolutions, ceil-mode pooling, Concat, LRN, implicit flattening); ``[]`` for a
+    layer without parameters. Independent of the converter, so fixtures do not test it with itself."""
+    import math
+
+    blob = {net.input_name: tuple(net.input_shape[1:])}
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    for layer in net.layers:
+        p = layer.params
+        if layer.type in ("Input",) or not layer.bottoms:
+            continue
+        x = blob[layer.bottoms[0]]
+        shapes[layer.name] = []
+        if layer.type == "Convolution":
+            (kh, kw), (sh, sw) = _pair(p, "kernel_size", 0), _pair(p, "stride", 1)
+            (ph, pw), (dh, dw) = _pair(p, "pad", 0), _pair(p, "dilation", 1)
+            out, group = int(p["num_output"]), int(p.get("group", 1))
+            c, h, w = x
+            shapes[layer.name] = [(out, c // group, kh, kw)] + ([(out,)] if p.get("bias_term", True) else [])
+            y = (out, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        elif layer.type == "Pooling":
+            c, h, w = x
+            if p.get("global_pooling"):
+                y = (c, 1, 1)
+            else:
+                (kh, kw), (sh, sw), (ph, pw) = _pair(p, "kernel_size", 0), _pair(p, "stride", 1), _pair(p, "pad", 0)
+
+                def size(n, k, s, pad):
+                    o = int(math.ceil((n + 2 * pad - k) / s)) + 1
+                    return o - 1 if pad and (o - 1) * s >= n + pad else o
+                y = (c, size(h, kh, sh, ph), size(w, kw, sw, pw))
+        elif layer.type == "InnerProduct":
+            out = int(p["num_output"])
+            shapes[layer.name] = [(out, int(np.prod(x)))] + ([(out,)] if p.get("bias_term", True) else [])
+            y = (out,)
+        elif layer.type == "Concat":
+            parts = [blob[b] for b in layer.bottoms]
+            axis = int(p.get("axis", 1)) - 1
+            y = tuple(sum(s[axis] for s in parts) if i == axis else d for i, d in enumerate(parts[0]))
+        elif layer.type == "Flatten":
+            y = (int(np.prod(x)),)
+        else:  # ReLU, LRN, Dropout, Softmax, ...: the shape is kept
+            y = x
+        for top in layer.tops:
+            blob[top] = y
+    return shapes
+
+
+def write_caffe_files(folder, net: NetSpec, *, seed: int = 0, syntax: str = "v2", format: str | None = None,
+                      stem: str = "net") -> tuple[Path, Path]:
+    """Write ``net`` as ``<stem>.prototxt`` and a ``<stem>.caffemodel`` of seeded He-scaled weights
+    (small non-zero biases), in Caffe's natural blob layouts."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    layers, shapes = [], caffe_blob_shapes(net)
+    for layer in net.layers:
+        blobs = []
+        for shape in shapes.get(layer.name, []):
+            if len(shape) == 1:
+                blobs.append((0.1 * rng.standard_normal(shape)).astype(np.float32))
+            else:
+                fan_in = int(np.prod(shape[1:]))
+                blobs.append((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
+        layers.append(CaffeLayerBlobs(name=layer.name, type=layer.type, blobs=blobs,
+                                      bottoms=list(layer.bottoms), tops=list(layer.tops)))
+    proto = write_prototxt(folder / f"{stem}.prototxt", net, syntax=syntax)
+    model = write_caffemodel(folder / f"{stem}.caffemodel", layers, format=format or syntax, name=net.name)
+    return proto, model

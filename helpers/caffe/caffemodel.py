@@ -314,3 +314,42 @@ def _read_shape(wire: _Wire, start: int, end: int, what: str) -> list[int]:
     return dims
 
 
+
+
+# --------------------------------------------------------------------------- mean files
+
+
+def read_blobproto(path: str | os.PathLike) -> np.ndarray:
+    """A binary ``BlobProto`` file (Caffe's ``mean.binaryproto``) as an owned float32 array.
+
+    The file is one ``BlobProto`` message (the same message as a caffemodel's blobs): legacy
+    ``num/channels/height/width`` or a ``shape``, and ``data``. A mean image comes back as
+    (1, C, H, W), the layout Caffe's ``compute_image_mean`` writes. Raises
+    :class:`CaffeFormatError` naming the file and byte offset on damaged input.
+    """
+    path = Path(path)
+    source = str(path)
+    data = path.read_bytes()
+    if not data:
+        raise CaffeFormatError(f"{source}: byte 0: the file is empty")
+    wire = _Wire(data, source)
+    try:
+        blob = _read_blob(wire, 0, len(data), "BlobProto", copy=True)
+    except CaffeFormatError as exc:
+        if _looks_like_text(data):
+            raise CaffeFormatError(f"{exc} -- this file looks like text, not a binary BlobProto") from None
+        raise
+    if blob.size == 0:
+        raise CaffeFormatError(f"{source}: byte 0: the BlobProto holds no values (is it a mean file?)")
+    return np.array(blob, dtype=np.float32)
+
+
+def read_mean_file(path: str | os.PathLike) -> np.ndarray:
+    """A ``mean.binaryproto`` as the (C, H, W) mean image Caffe subtracts (leading 1s dropped)."""
+    mean = read_blobproto(path)
+    while mean.ndim > 3 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim != 3:
+        raise CaffeFormatError(f"{path}: a mean image must have shape (1, C, H, W) or (C, H, W), "
+                               f"found {mean.shape}")
+    return mean

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from .spec import CaffeFormatError, EnumValue, LayerSpec, NetSpec, V1_TO_V2_TYPE, PARAM_FIELD, SHARED_PARAM_FIELDS, show_value
+from .spec import INPUT_TYPES, CaffeFormatError, EnumValue, LayerSpec, NetSpec, V1_TO_V2_TYPE, PARAM_FIELD, SHARED_PARAM_FIELDS, show_value
 
 # --------------------------------------------------------------------------- text: tokenizer
 
@@ -280,12 +280,27 @@ def _names_a_file(value) -> bool:
         return False
 
 
-def parse_prototxt(path_or_text: str | os.PathLike) -> NetSpec:
-    """Parse a deploy prototxt (V1 or V2 syntax) given as a path or as the text itself.
+def parse_prototxt(path_or_text: str | os.PathLike, *, phase: str = "TEST", stages=(), level: int = 0,
+                   input_shape=None) -> NetSpec:
+    """Parse a prototxt (V1 or V2 syntax) given as a path or as the text itself.
 
     A ``str`` that names an existing file, or any ``os.PathLike``, is read as a file;
-    any other ``str`` is the prototxt text. TRAIN-only layers (``include { phase: TRAIN }``
-    or ``exclude { phase: TEST }``) are left out and their names listed in ``skipped``.
+    any other ``str`` is the prototxt text. A solver file with the net inside it
+    (``net_param { ... }``) gives that net.
+
+    Layers are filtered as Caffe filters them before anything else (``Net::FilterNet``): in the
+    given ``phase`` (TEST, as for a deployed net, unless told otherwise), with ``stages`` added
+    to the file's own ``state { stage: ... }`` and at ``level``, a layer with ``include`` rules
+    is kept when one rule is met, a layer with ``exclude`` rules is left out when one is met.
+    A rule is met when its ``phase`` matches, ``min_level <= level <= max_level``, every one of
+    its ``stage`` values is among the stages and none of its ``not_stage`` values is. The layers
+    left out are named in ``NetSpec.skipped``.
+
+    The network input is the ``input:`` declaration, an ``Input`` layer, or the first top of a
+    data layer (``Data``, ``ImageData``, ``MemoryData``, ...), with its shape when the file gives
+    one (``DummyData``/``MemoryData`` dimensions, a ``crop_size`` or ``new_height``/``new_width``
+    with a known channel count); ``input_shape`` ((N, C, H, W) or (C, H, W)) gives or
+    overrides it. An unknown shape is ``None`` (converting then asks for it).
     Raises :class:`CaffeFormatError` naming file, line and column on bad input.
     """
     if isinstance(path_or_text, os.PathLike) or _names_a_file(path_or_text):
@@ -303,10 +318,29 @@ def parse_prototxt(path_or_text: str | os.PathLike) -> NetSpec:
     else:
         raise TypeError(f"parse_prototxt expects a path or prototxt text, got {type(path_or_text).__name__}")
     top = _Parser(text, source).parse_message(close=None)
-    return _net_from_fields(top, source)
+    phase = str(phase).upper()
+    if phase not in ("TRAIN", "TEST"):
+        raise ValueError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
+    stages, level = [str(s) for s in stages], int(level)
+    nets = [v for n, v, _ in top if n == "net_param" and isinstance(v, _Fields)]
+    if nets and not any(n in ("layer", "layers") for n, _, _ in top):
+        # A solver that holds its net (Caffe's "consolidated" solver files). Like Caffe's first
+        # test net, the TEST phase uses the solver's first test_state unless stages are given.
+        test_states = [v for n, v, _ in top if n == "test_state" and isinstance(v, _Fields)]
+        if phase == "TEST" and test_states and not stages:
+            stages = [str(s) for s in test_states[0].all("stage")]
+            level = int(_first(test_states[0].all("level"), level))
+        top = nets[0]
+    state = {"phase": phase, "stages": _file_stages(top) + stages, "level": level}
+    return _net_from_fields(top, source, state, input_shape)
 
 
-def _net_from_fields(top: _Fields, source: str) -> NetSpec:
+def _file_stages(top: _Fields) -> list[str]:
+    """The stages of the net's own ``state { stage: ... }`` (Caffe adds the caller's to them)."""
+    return [str(s) for st in top.all("state") if isinstance(st, _Fields) for s in st.all("stage")]
+
+
+def _net_from_fields(top: _Fields, source: str, state: dict, input_shape=None) -> NetSpec:
     v1_lines = [line for n, _, line in top if n == "layers"]
     v2_lines = [line for n, _, line in top if n == "layer"]
     if v1_lines and v2_lines:
@@ -320,20 +354,17 @@ def _net_from_fields(top: _Fields, source: str) -> NetSpec:
     layers: list[LayerSpec] = []
     skipped: list[str] = []
     extra = _Fields()
-    seen: dict[str, int] = {}
     for key, value, line in top:
         if key in ("layer", "layers"):
             if not isinstance(value, _Fields):
                 raise CaffeFormatError(f"{source}:{line}: '{key}' must be a message {{ ... }}")
             layer = _layer_from_fields(value, line, v1=(key == "layers"), source=source)
-            if layer.name in seen:
-                raise CaffeFormatError(f"{source}:{line}: layer name {layer.name!r} is used again "
-                                       f"(first at line {seen[layer.name].line})")
-            seen[layer.name] = line
-            if _train_only(value):
+            if not _kept(value, state, source, line, layer.name):
                 skipped.append(layer.name)
-            else:
-                layers.append(layer)
+                continue
+            # Caffe accepts a name used twice (BVLC's mnist_autoencoder has two "loss" layers);
+            # so does the parser. Converting refuses it (weights are found by layer name).
+            layers.append(layer)
         elif key == "name":
             name = str(value)
         elif key == "input":
@@ -346,47 +377,137 @@ def _net_from_fields(top: _Fields, source: str) -> NetSpec:
             input_shapes.append((value, line))
         else:
             extra.append((key, value, line))
-    input_name, input_shape = _net_input(source, inputs, input_dims, input_shapes, layers)
-    return NetSpec(name=name, input_name=input_name, input_shape=input_shape, layers=layers,
-                   skipped=skipped, source=source, extra=extra.to_dict())
+    declared = _declared_inputs(source, inputs, input_dims, input_shapes)
+    input_name, shape, input_layer = _net_input(source, declared, layers, skipped, state, _rule_stages(top))
+    if input_shape is not None:
+        shape = _given_shape(input_shape, shape, source, input_name)
+    return NetSpec(name=name, input_name=input_name, input_shape=shape, layers=layers,
+                   skipped=skipped, source=source, extra=extra.to_dict(), input_layer=input_layer,
+                   extra_inputs=dict(declared[1:]), state=state)
 
 
-def _net_input(source, inputs, input_dims, input_shapes, layers):
-    input_layers = [l for l in layers if l.type == "Input"]
-    declared = len(inputs) + len(input_layers)
-    if declared == 0:
-        raise CaffeFormatError(
-            f"{source}: no network input: expected 'input: \"data\"' with four 'input_dim' "
-            "lines or an 'input_shape { dim: ... }', or a layer of type \"Input\"")
-    if declared > 1:
-        names = [n for n, _ in inputs] + [l.tops[0] if l.tops else l.name for l in input_layers]
-        raise CaffeFormatError(f"{source}: {declared} network inputs ({', '.join(names)}); "
-                               "only single-input networks are supported")
-    if inputs:
-        name, line = inputs[0]
+def _declared_inputs(source, inputs, input_dims, input_shapes) -> list[tuple[str, tuple]]:
+    """``input:`` declarations with their shapes: four ``input_dim`` per input, or one
+    ``input_shape`` per input, in order (Caffe's two legacy forms)."""
+    if not inputs:
+        return []
+    if input_shapes and input_dims:
+        raise CaffeFormatError(f"{source}:{inputs[0][1]}: both input_dim and input_shape given for "
+                               f"{inputs[0][0]!r}")
+    out = []
+    for i, (name, line) in enumerate(inputs):
         if input_shapes:
-            if input_dims:
-                raise CaffeFormatError(f"{source}:{line}: both input_dim and input_shape given for {name!r}")
-            shape_fields, sline = input_shapes[0]
+            if i >= len(input_shapes):
+                raise CaffeFormatError(f"{source}:{line}: input {name!r} has no input_shape "
+                                       f"({len(inputs)} inputs, {len(input_shapes)} input_shape messages)")
+            shape_fields, sline = input_shapes[i]
             dims = _dims(shape_fields, source, sline)
         elif input_dims:
-            dims = [d for d, _ in input_dims]
+            dims = [d for d, _ in input_dims[4 * i:4 * i + 4]]
+            if len(inputs) > 1 and len(input_dims) != 4 * len(inputs):
+                raise CaffeFormatError(f"{source}:{line}: {len(inputs)} inputs need {4 * len(inputs)} "
+                                       f"input_dim lines, found {len(input_dims)}")
+            if len(inputs) == 1:
+                dims = [d for d, _ in input_dims]
         else:
             raise CaffeFormatError(f"{source}:{line}: input {name!r} has no shape: expected four "
                                    "'input_dim' lines or 'input_shape { dim: ... }'")
-        return name, _four(dims, source, line, name)
-    layer = input_layers[0]
-    shape = layer.params.get("shape")
-    if shape is None:
-        raise CaffeFormatError(f"{source}:{layer.line}: Input layer {layer.name!r} has no "
-                               "input_param { shape { dim: ... } }")
-    if isinstance(shape, list):
-        shape = shape[0]
-    dims = shape.get("dim", []) if isinstance(shape, dict) else []
-    dims = dims if isinstance(dims, list) else [dims]
+        out.append((name, _four(dims, source, line, name)))
+    return out
+
+
+def _rule_stages(top: _Fields) -> list[str]:
+    """Every stage that some layer's include/exclude rule names, in file order."""
+    found: list[str] = []
+    for key, layer, _ in top:
+        if key in ("layer", "layers") and isinstance(layer, _Fields):
+            for rule in layer.all("include") + layer.all("exclude"):
+                if isinstance(rule, _Fields):
+                    found += [str(s) for s in rule.all("stage") + rule.all("not_stage") if str(s) not in found]
+    return found
+
+
+def _net_input(source, declared, layers, skipped, state, rule_stages=()):
+    """(input blob, its shape or None, the layer providing it or "")."""
+    if declared:
+        producers = [l for l in layers if l.type in INPUT_TYPES]
+        if producers:
+            l = producers[0]
+            raise CaffeFormatError(f"{source}:{l.line}: the net declares its input with 'input:' and also "
+                                   f"has the {l.type} layer {l.name!r}; a net has one or the other")
+        name, shape = declared[0]
+        return name, shape, ""
+    producers = [l for l in layers if l.type in INPUT_TYPES]
+    if not producers:
+        where_skipped = f"; the rules left out {', '.join(skipped)}" if skipped else ""
+        if rule_stages:
+            where_skipped += f" (the file's rules name the stages {', '.join(map(repr, rule_stages))}: pass stages=[...])"
+        raise CaffeFormatError(
+            f"{source}: no network input in the {state['phase']} phase (stages {state['stages'] or 'none'}, "
+            f"level {state['level']}): expected 'input: \"data\"' with four 'input_dim' lines or an "
+            f"'input_shape {{ dim: ... }}', an \"Input\" layer or a data layer{where_skipped}")
+    layer = producers[0]
     if not layer.tops:
-        raise CaffeFormatError(f"{source}:{layer.line}: Input layer {layer.name!r} has no top")
-    return layer.tops[0], _four(dims, source, layer.line, layer.tops[0])
+        raise CaffeFormatError(f"{source}:{layer.line}: {layer.type} layer {layer.name!r} has no top")
+    return layer.tops[0], _layer_input_shape(layer, source), layer.name
+
+
+def _layer_input_shape(layer, source):
+    """The (N, C, H, W) of a layer's first top as far as the file says it, else None."""
+    p = layer.params
+    if layer.type in ("Input", "DummyData"):
+        shape = p.get("shape")
+        if shape is None:
+            if layer.type == "Input":
+                raise CaffeFormatError(f"{source}:{layer.line}: Input layer {layer.name!r} has no "
+                                       "input_param { shape { dim: ... } }")
+            legacy = [p.get(k) for k in ("num", "channels", "height", "width")]
+            if all(v is not None for v in legacy):
+                return _four([_first(v) for v in legacy], source, layer.line, layer.tops[0])
+            return None
+        if isinstance(shape, list):
+            shape = shape[0]
+        dims = shape.get("dim", []) if isinstance(shape, dict) else []
+        dims = dims if isinstance(dims, list) else [dims]
+        if layer.type == "DummyData" and len(dims) != 4:
+            return None  # a non-image blob (DummyData often feeds vectors): no (N, C, H, W)
+        return _four(dims, source, layer.line, layer.tops[0])
+    if layer.type == "MemoryData":
+        dims = [p.get(k) for k in ("batch_size", "channels", "height", "width")]
+        return _four([_first(d) for d in dims], source, layer.line, layer.tops[0]) if None not in dims else None
+    transform = layer.extra.get("transform_param", {})
+    transform = transform[0] if isinstance(transform, list) else transform
+    crop = _first(transform.get("crop_size")) if isinstance(transform, dict) else None
+    means = transform.get("mean_value") if isinstance(transform, dict) else None
+    channels = len(means) if isinstance(means, list) else None
+    if layer.type == "WindowData":
+        channels = 3  # WindowData always reads colour images
+    if layer.type == "ImageData":
+        channels = 3 if _first(p.get("is_color"), True) else 1
+        h, w = _first(p.get("new_height")), _first(p.get("new_width"))
+        if not crop and h and w:
+            return _four([_first(p.get("batch_size"), 1), channels, h, w], source, layer.line, layer.tops[0])
+    batch = _first(p.get("batch_size"), 1)
+    if crop and channels:
+        return _four([batch, channels, crop, crop], source, layer.line, layer.tops[0])
+    return None
+
+
+def _first(value, default=None):
+    if isinstance(value, list):
+        return value[0] if value else default
+    return default if value is None else value
+
+
+def _given_shape(given, found, source, name) -> tuple[int, int, int, int]:
+    """The caller's (N, C, H, W) or (C, H, W) for the input (N from the file, else 1)."""
+    dims = [int(d) for d in given]
+    if len(dims) == 3:
+        dims = [found[0] if found else 1] + dims
+    if len(dims) != 4 or min(dims) <= 0:
+        raise ValueError(f"{source}: input_shape for {name!r} must be (N, C, H, W) or (C, H, W) with "
+                         f"positive sizes, got {tuple(given)}")
+    return tuple(dims)  # type: ignore[return-value]
 
 
 def _dims(shape_fields, source, line) -> list:
@@ -450,12 +571,29 @@ def _layer_from_fields(f: _Fields, line: _At, v1: bool, source: str) -> LayerSpe
                      params=params, line=line.line, extra=rest.to_dict(), param_field=param_field)
 
 
-def _train_only(f: _Fields) -> bool:
-    """Whether Caffe would leave this layer out of a TEST-phase (deploy) net."""
+def _kept(f: _Fields, state: dict, source: str, line, name: str) -> bool:
+    """Whether Caffe keeps this layer in a net of ``state`` (``Net::FilterNet``)."""
     includes = [r for r in f.all("include") if isinstance(r, _Fields)]
     excludes = [r for r in f.all("exclude") if isinstance(r, _Fields)]
-    if includes and all(r.all("phase") == ["TRAIN"] for r in includes):
-        return True
-    return any(r.all("phase") == ["TEST"] for r in excludes)
+    if includes and excludes:
+        raise CaffeFormatError(f"{source}:{line}: layer {name!r} gives both include and exclude rules; "
+                               "Caffe accepts one or the other")
+    if includes:
+        return any(_meets(r, state) for r in includes)
+    return not any(_meets(r, state) for r in excludes)
 
 
+def _meets(rule: _Fields, state: dict) -> bool:
+    """Caffe's ``Net::StateMeetsRule``."""
+    phases = rule.all("phase")
+    if phases and str(phases[-1]) != state["phase"]:
+        return False
+    min_level, max_level = rule.all("min_level"), rule.all("max_level")
+    if min_level and state["level"] < int(min_level[-1]):
+        return False
+    if max_level and state["level"] > int(max_level[-1]):
+        return False
+    stages = set(state["stages"])
+    if any(str(s) not in stages for s in rule.all("stage")):
+        return False
+    return not any(str(s) in stages for s in rule.all("not_stage"))

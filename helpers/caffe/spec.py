@@ -135,17 +135,25 @@ class LayerSpec:
 
 @dataclass
 class NetSpec:
-    """A parsed prototxt: the input, the layers in file order (TRAIN-only ones removed and
-    named in ``skipped``) and where it came from."""
+    """A parsed prototxt: the input, the layers in file order (those that Caffe's phase, stage
+    and level rules leave out are removed and named in ``skipped``) and where it came from."""
 
     name: str
     input_name: str
-    input_shape: tuple[int, int, int, int]  # (N, C, H, W)
+    # (N, C, H, W); None when the input comes from a data layer whose file does not say its
+    # shape (an LMDB ``Data`` layer, ``HDF5Data``): converting then needs an input shape.
+    input_shape: tuple[int, int, int, int] | None
     layers: list[LayerSpec]
     skipped: list[str]
     source: str  # file path or "<text>"
     # Other top-level fields (force_backward, state, ...), kept for format_prototxt.
     extra: dict = field(default_factory=dict)
+    # The layer whose first top is the input ("" when the file declares it with ``input:``).
+    input_layer: str = ""
+    # Further ``input:`` declarations beyond the first (name -> shape), e.g. a second image.
+    extra_inputs: dict = field(default_factory=dict)
+    # The state the layers were filtered with: {"phase": "TEST", "stages": [...], "level": 0}.
+    state: dict = field(default_factory=lambda: {"phase": "TEST", "stages": [], "level": 0})
 
     def layer(self, name: str) -> LayerSpec:
         for layer in self.layers:
@@ -168,9 +176,20 @@ class CaffeLayerBlobs:
 
 # --------------------------------------------------------------------------- reading layer parameters
 
-# Layers that only declare the input; their shape is already in NetSpec.input_shape.
-INPUT_TYPES = ("Input",)
+# Layers that read data from outside the net (a file, memory, a generator); in a deploy
+# conversion their first top is the network's input.
+DATA_TYPES = ("Data", "ImageData", "WindowData", "HDF5Data", "MemoryData", "DummyData", "AnnotatedData")
+# Layers that only declare or provide the input; its shape is already in NetSpec.input_shape.
+INPUT_TYPES = ("Input",) + DATA_TYPES
 WEIGHTED_TYPES = ("Convolution", "InnerProduct")
+
+
+def keras_layer_name(caffe_name: str) -> str:
+    """The Keras name of a Caffe layer: Caffe's own, with '/' (which Keras refuses) as '.'.
+
+    GoogLeNet's ``inception_3a/1x1`` becomes ``inception_3a.1x1``; every other name is kept.
+    """
+    return caffe_name.replace("/", ".")
 
 
 class ConversionError(ValueError):

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .spec import INPUT_TYPES, WEIGHTED_TYPES, CaffeLayerBlobs, ConversionError, where
+from .spec import INPUT_TYPES, WEIGHTED_TYPES, CaffeLayerBlobs, ConversionError, keras_layer_name, where
 
 # ----------------------------------------------------------------------------- weights
 
@@ -34,6 +34,8 @@ class LoadReport:
     rows: list[LayerRow] = field(default_factory=list)
     # caffemodel layers that carry blobs but are not in the prototxt (not loaded)
     unused: list[str] = field(default_factory=list)
+    # what the model's preprocess layer does (set by convert.convert)
+    preprocessing: str = ""
 
     @property
     def params(self) -> int:
@@ -50,6 +52,8 @@ class LoadReport:
         out = [" | ".join(c.ljust(widths[i]) if i < 3 else c.rjust(widths[i]) for i, c in enumerate(row))
                for row in lines]
         out.insert(1, "-+-".join("-" * wd for wd in widths))
+        if self.preprocessing:
+            out.append(f"preprocessing: {self.preprocessing}")
         if self.unused:
             out.append(f"not loaded ({len(self.unused)} caffemodel layer(s) absent from the prototxt): "
                        + ", ".join(self.unused))
@@ -201,9 +205,9 @@ def load_caffe_weights(model, blobs: dict, net, progress: bool = False) -> LoadR
 
         iterator = tqdm(weighted, desc="copying weights", unit="layer")
     for layer in iterator:
-        klayer = model.get_layer(layer.name)
+        klayer = model.get_layer(keras_layer_name(layer.name))
         kshapes = [tuple(v.shape) for v in klayer.weights]
-        flat_from = flatten_source_shape(model, layer.name) if layer.type == "InnerProduct" else None
+        flat_from = flatten_source_shape(model, klayer.name) if layer.type == "InnerProduct" else None
         caffe_blobs = blobs[layer.name].blobs
         arrays = caffe_to_keras_arrays(layer.type, caffe_blobs, kshapes, flat_from,
                                        where=where(net, layer), ops=keras.ops)
@@ -230,10 +234,10 @@ def keras_to_caffe_blobs(model, net) -> list:
             out.append(CaffeLayerBlobs(name=layer.name, type=layer.type, blobs=[]))
             continue
         try:
-            klayer = model.get_layer(layer.name)
+            klayer = model.get_layer(keras_layer_name(layer.name))
         except ValueError:
             raise ConversionError(f"{where(net, layer)}: model {model.name!r} has no layer of that name") from None
-        flat_from = flatten_source_shape(model, layer.name) if layer.type == "InnerProduct" else None
+        flat_from = flatten_source_shape(model, klayer.name) if layer.type == "InnerProduct" else None
         arrays = keras_to_caffe_arrays(layer.type, [v.numpy() for v in klayer.weights], flat_from)
         out.append(CaffeLayerBlobs(name=layer.name, type=layer.type, blobs=arrays))
     return out

@@ -93,18 +93,21 @@ def _extra_for_syntax(layer: LayerSpec, syntax: str) -> list[tuple[str, object]]
 def format_prototxt(net: NetSpec, syntax: str = "v1") -> str:
     """The prototxt text of ``net`` in the V1 (``layers { type: CONVOLUTION }``) or V2
     (``layer { type: "Convolution" }``) syntax. The input is written as ``input`` plus four
-    ``input_dim`` lines, unless the net has an ``Input`` layer and the syntax is V2 (V1 has
-    no Input layer type, so there it becomes ``input``/``input_dim`` lines)."""
+    ``input_dim`` lines, unless it comes from a layer: an ``Input`` layer in V2 (V1 has no
+    Input layer type, so there it becomes ``input``/``input_dim`` lines) or a data layer."""
     syntax = syntax.lower()
     if syntax not in ("v1", "v2"):
         raise ValueError(f"syntax must be 'v1' or 'v2', got {syntax!r}")
     out: list[str] = []
     if net.name:
         out.append(f"name: {quote(net.name)}")
-    has_input_layer = any(l.type == "Input" for l in net.layers)
-    if not has_input_layer or syntax == "v1":
-        out.append(f"input: {quote(net.input_name)}")
-        out.extend(f"input_dim: {int(d)}" for d in net.input_shape)
+    source = next((l for l in net.layers if l.name == net.input_layer), None) if net.input_layer else None
+    if source is None or (source.type == "Input" and syntax == "v1"):
+        if net.input_shape is None:
+            raise ValueError(f"net {net.name!r}: input {net.input_name!r} has no known shape to write")
+        declared = {net.input_name: net.input_shape, **net.extra_inputs}
+        out.extend(f"input: {quote(name)}" for name in declared)
+        out.extend(f"input_dim: {int(d)}" for shape in declared.values() for d in shape)
     _format_fields(net.extra.items(), 0, out)
     for layer in net.layers:
         if layer.type == "Input" and syntax == "v1":
@@ -261,4 +264,18 @@ def write_caffemodel(path: str | os.PathLike, layers: list[CaffeLayerBlobs], for
             for h, p in zip(blob_heads, plans):
                 fh.write(h)
                 p.write(fh)
+    return Path(path)
+
+
+def write_blobproto(path: str | os.PathLike, array, legacy_dims: bool = True) -> Path:
+    """Write one array as a binary ``BlobProto`` file (Caffe's ``mean.binaryproto``), atomically.
+
+    A (C, H, W) mean is written as (1, C, H, W), as Caffe's ``compute_image_mean`` does.
+    """
+    arr = np.asarray(array, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    plan = _BlobPlan(arr, f"{Path(path).name}", legacy_dims, packed=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        plan.write(fh)
     return Path(path)

@@ -144,6 +144,29 @@ register(Asset(
     md5_source="bioidiap/bob.bio.face, bob/bio/face/embeddings/opencv.py",
 ))
 
+LEVI_HASSNER_URL = "https://www.openu.ac.il/home/hassner/projects/cnn_agegender/cnn_age_gender_models_and_data.0.0.2.zip"
+LEVI_HASSNER_FOLDER = "cnn_age_gender_models_and_data.0.0.2"
+
+register(Asset(
+    name="levi_hassner_gender",
+    # The authors' release, as linked from BVLC's Model Zoo page and their project page. No
+    # checksum of the zip is published: the first download pins it (like VGG-Face's), and
+    # helpers.levi_hassner checks the unpacked caffemodel and mean file against the git blob
+    # ids of the copies the authors pushed to GilLevi/AgeGenderDeepLearning (models/).
+    url=LEVI_HASSNER_URL,
+    sha256=None,
+    size=None,
+    filename="cnn_age_gender_models_and_data.0.0.2.zip",
+    extract_to="weights/levi_hassner",
+    description="Levi & Hassner's age and gender CNNs (CVPR Workshops 2015), the Adience baseline: "
+                "deploy_gender.prototxt, gender_net.caffemodel, mean.binaryproto (and the age net)",
+    terms="Released by Gil Levi and Tal Hassner for research, provided 'as is' "
+          "(https://talhassner.github.io/home/publication/2015_CVPR). Cite Levi and Hassner, 'Age and Gender "
+          "Classification Using Convolutional Neural Networks', IEEE CVPR Workshops (AMFG) 2015.",
+    provides=tuple(f"{LEVI_HASSNER_FOLDER}/{name}"
+                   for name in ("deploy_gender.prototxt", "gender_net.caffemodel", "mean.binaryproto")),
+))
+
 register(Asset(
     name="adience",
     url=None,
