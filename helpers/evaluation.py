@@ -21,6 +21,7 @@ they are tested on hand-checked examples without a network:
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -493,7 +494,7 @@ class CVResult:
 def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], np.ndarray],
                    *, folds: Iterable[int] = range(5), class_names: Sequence[str] | None = None,
                    val_fraction: float = 0.1, seed: int = 0, name: str = "model",
-                   log: Callable[[str], None] | None = print) -> CVResult:
+                   store=None, log: Callable[[str], None] | None = print) -> CVResult:
     """Subject-exclusive k-fold protocol: for each fold k, test on fold k, train on the others.
 
     ``df`` needs ``fold``, ``user_id`` and an integer ``label`` column (``helpers.data.apply_protocol``).
@@ -501,6 +502,13 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     ``train_and_predict(train_df, val_df, test_df)`` returns class probabilities for ``test_df``
     (shape ``(len(test_df), K)``). Validation users are carved from the training folds. A fold in
     which any user is in both training and test raises :class:`helpers.data.SubjectLeakError` before training.
+
+    ``store`` (a folder) makes the run resumable fold by fold: each finished fold's predictions
+    are written there (``fold_<k>.csv`` and ``fold_<k>.json``, atomically) and read back by a
+    later call with the same faces, split and classes instead of training again; a fold stored
+    for other faces is trained again, and the log says why. Between folds, whatever the last
+    fold's training left behind is released (:func:`release_memory`), so only one fold's model
+    is alive at a time.
     """
     from . import data
 
@@ -520,23 +528,101 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     accs, secs, parts = {}, {}, []
     for i, f in enumerate(folds):
         train, val, test = data.fold_split(df, f, val_fraction=val_fraction, seed=seed + f)
-        t0 = time.perf_counter()
-        probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
-        secs[f] = time.perf_counter() - t0
-        if probs.shape != (len(test), k):
-            raise ValueError(f"train_and_predict returned shape {probs.shape} for fold {f}; expected {(len(test), k)}")
+        key = split_fingerprint(train, val, test, names)
+        stored = _read_fold(store, f, key, test, names, log=log) if store is not None else None
+        if stored is not None:
+            probs, secs[f] = stored
+            how = "read back from an earlier run"
+        else:
+            t0 = time.perf_counter()
+            probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
+            secs[f] = time.perf_counter() - t0
+            how = f"in {secs[f]:.1f} s"
+            if probs.shape != (len(test), k):
+                raise ValueError(f"train_and_predict returned shape {probs.shape} for fold {f}; expected {(len(test), k)}")
         pred = probs.argmax(axis=1)
         accs[f] = float(np.mean(pred == test["label"].to_numpy()))
+        if store is not None and stored is None:
+            _write_fold(store, f, key, probs, names, accs[f], secs[f], name)
         out = test.copy()
         out["pred"] = pred
         for j, c in enumerate(names):
             out[f"p_{c}"] = probs[:, j]
         parts.append(out)
+        del probs
+        if stored is None:
+            release_memory()  # the fold's model, optimizer and compiled functions, before the next fold
         if log:
             log(f"[{name}] fold {f} ({i + 1}/{len(folds)}): train {len(train)} faces / "
                 f"{train['user_id'].nunique()} users, val {len(val)}, test {len(test)}: "
-                f"accuracy {100 * accs[f]:.1f}% in {secs[f]:.1f} s")
+                f"accuracy {100 * accs[f]:.1f}% {how}")
     return CVResult(name, accs, pd.concat(parts), secs)
+
+
+def release_memory() -> None:
+    """Free what finished training left behind before the next model is built.
+
+    A Keras model, its optimizer, its callbacks and its compiled functions refer to each other
+    (reference cycles), so dropping the last reference does not free them: Python's cycle
+    collector does, when it next runs, and with few but huge objects (a 580 MB VGG-Face, twice
+    that in Adam's moments) it may not run for several folds. ``keras.backend.clear_session``
+    also resets Keras' global state (layer names, TensorFlow's graph and kernel caches); models
+    still referenced elsewhere keep working.
+    """
+    import gc
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session(free_memory=True)
+    else:
+        gc.collect()
+
+
+def split_fingerprint(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, class_names: Sequence[str]) -> str:
+    """A short hash of who is in each part of a split (user, face, image, label) and the classes:
+    equal fingerprints mean the same training problem, so stored results may be reused."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(list(class_names)).encode())
+    for part in (train, val, test):
+        cols = [c for c in ("user_id", "face_id", "path", "label") if c in part.columns]
+        rows = part[cols].astype(str).agg("|".join, axis=1) if cols else pd.Series([], dtype=str)
+        h.update(("\n".join(sorted(rows)) + "\x00").encode())
+    return h.hexdigest()[:16]
+
+
+def _fold_paths(store, fold: int):
+    from pathlib import Path
+
+    return Path(store) / f"fold_{fold}.csv", Path(store) / f"fold_{fold}.json"
+
+
+def _read_fold(store, fold: int, key: str, test: pd.DataFrame, names, log=None):
+    csv_path, meta_path = _fold_paths(store, fold)
+    if not (csv_path.is_file() and meta_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("split") != key or list(meta.get("class_names", [])) != list(names):
+        if log:
+            log(f"fold {fold}: the stored predictions in {csv_path.parent} are for other faces or classes: training again")
+        return None
+    stored = pd.read_csv(csv_path)
+    probs = stored[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)
+    if len(probs) != len(test):
+        return None
+    return _check_probs(probs, f"stored probabilities of fold {fold}"), float(meta.get("seconds", float("nan")))
+
+
+def _write_fold(store, fold: int, key: str, probs, names, accuracy: float, seconds: float, name: str) -> None:
+    from .course.fileio import atomic_path, write_json_atomic
+
+    csv_path, meta_path = _fold_paths(store, fold)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(csv_path) as tmp:
+        pd.DataFrame(probs, columns=[f"p_{c}" for c in names]).to_csv(tmp, index=False)
+    # the metadata last: a fold counts as finished only once both files are complete
+    write_json_atomic(meta_path, {"fold": int(fold), "split": key, "class_names": list(names), "name": name,
+                                  "accuracy": float(accuracy), "seconds": float(seconds)})
 
 
 def literature_table(results: Mapping[str, CVResult], *, on_adience: bool, note: str = "quick-mode synthetic") -> pd.DataFrame:
@@ -587,7 +673,7 @@ def fold_key(test: pd.DataFrame) -> tuple:
 def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequence[str], *,
                      make_plan: Callable[[object], object], image_size, run_root, batch_size: int = 32,
                      seed: int = 0, resize: str = "direct", patience: int = 3,
-                     initial_heads: Mapping[tuple, object] | None = None):
+                     initial_heads: Mapping[tuple, object] | None = None, keep_checkpoints: bool = False):
     """``train_and_predict`` for :func:`cross_validate`: the two-stage fine-tuning of
     ``helpers.finetune`` from a freshly loaded base network in every fold.
 
@@ -595,10 +681,19 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
     trained weights); ``make_plan(model)`` returns the ``FreezePlan`` for the model with its gender
     head. ``initial_heads`` (``head_on_features_trainer(...).heads``) gives a fold's head trained
     on cached features: the fold then starts from it and skips the head stage, as notebook 05
-    starts from notebook 04's head. Each fold trains in its own, emptied ``run_root/fold_<k>`` (stale checkpoints of an
-    earlier run must not be resumed into a different split).
+    starts from notebook 04's head.
+
+    Memory: one fold's model at a time. Before loading, the previous fold's model, optimizer and
+    compiled functions are released (:func:`release_memory`); nothing returned or kept here
+    refers to a fold's model (the test probabilities are a numpy array).
+
+    Resuming: each fold trains in ``run_root/fold_<k>-<hash>``, the hash naming its faces, plan,
+    image size and seed (``finetune.run_directory``): an interrupted fold resumes after its last
+    finished epoch when the same cell runs again, and an earlier run on another split is never
+    resumed into this one. The test faces are predicted with the best epoch's weights
+    (``best.keras``, chosen on the validation faces). Once predicted, the fold's checkpoints are
+    deleted unless ``keep_checkpoints`` (at full size they are 1-2 GB per fold); the training log stays.
     """
-    import shutil
     from pathlib import Path
 
     from . import finetune, pipeline, vggface
@@ -606,9 +701,8 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
     def train_and_predict(train, val, test):
         if len(val) == 0:
             raise ValueError("fine-tuning needs validation faces (checkpoint and early stopping): use val_fraction > 0")
+        release_memory()  # whatever an earlier fold (or cell) left behind, before 580 MB more
         key = fold_key(test)
-        run_dir = Path(run_root) / f"fold_{'_'.join(str(f) for f in key)}"
-        shutil.rmtree(run_dir, ignore_errors=True)
         finetune.set_seeds(seed)
         model = vggface.replace_head(load_base(), class_names=list(class_names), seed=seed)
         plan = make_plan(model)
@@ -616,14 +710,44 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
         if head is not None:
             finetune.copy_head_weights(head, model)
             plan = plan.replace(head_epochs=0)
+        run_dir = finetune.run_directory(
+            run_root, f"fold_{'_'.join(str(f) for f in key)}",
+            split=split_fingerprint(train, val, test, class_names), plan=plan.to_dict(),
+            image_size=list(image_size), resize=resize, batch_size=batch_size, seed=seed,
+            initial_head=head is not None)
         opts = dict(image_size=image_size, resize=resize, batch_size=batch_size)
         train_ds = pipeline.make_dataset(train, root, training=True, shuffle_seed=seed, **opts)
         val_ds = pipeline.make_dataset(val, root, training=False, **opts)
-        finetune.train_two_stage(model, train_ds, val_ds, plan, run_dir=run_dir, patience=patience,
-                                 tensorboard=False, verbose=0)
-        return model.predict(pipeline.make_dataset(test, root, training=False, labels=False, **opts), verbose=0)
+        run = finetune.train_two_stage(model, train_ds, val_ds, plan, run_dir=run_dir, patience=patience,
+                                       tensorboard=False, verbose=0)
+        if run.best_path.is_file():
+            model.load_weights(run.best_path)  # into the same model: no second copy of the network
+        probs = model.predict(pipeline.make_dataset(test, root, training=False, labels=False, **opts), verbose=0)
+        if not keep_checkpoints:
+            prune_run(run_dir)
+        return probs
 
     return train_and_predict
+
+
+def prune_run(run_dir) -> list:
+    """Delete a finished run's checkpoints (``*.keras``, ``*.weights.h5``, ``backup/``), keeping
+    its ``training_log.csv``; ``stages.json`` goes too, since it points at deleted weights.
+    Returns what was deleted."""
+    import shutil
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    gone = []
+    for path in [*run_dir.glob("*.keras"), *run_dir.glob("*.weights.h5"), run_dir / "stages.json", run_dir / "backup"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+        else:
+            continue
+        gone.append(path)
+    return gone
 
 
 # ----------------------------------------------------------------------------- what notebooks 04 and 05 left behind

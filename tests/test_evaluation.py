@@ -293,21 +293,31 @@ def test_head_on_features_trainer_learns_separable_features_per_fold():
         ev.head_on_features_trainer(df, feats[:-1], NAMES)
 
 
-def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
+def image_folds(root, n_users=10, faces=3, seed=1, size=32):
+    """folds_frame with a JPEG per face: women bright, men dark (a world the tiny network can learn)."""
     from PIL import Image
 
-    from helpers import finetune
-
-    df = folds_frame(n_users=10, faces=3, seed=1)
+    df = folds_frame(n_users=n_users, faces=faces, seed=seed)
     paths = []
-    for i, row in df.iterrows():  # women bright, men dark: a world the tiny network can learn
+    for i, row in df.iterrows():
         level = 200 if row.label == 1 else 50
-        img = np.clip(np.random.default_rng(i).normal(level, 20, (32, 32, 3)), 0, 255).astype("uint8")
+        img = np.clip(np.random.default_rng(i).normal(level, 20, (size, size, 3)), 0, 255).astype("uint8")
         rel = f"aligned/{row.user_id}/{row.face_id}.jpg"
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(tmp_path / rel)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / rel)
         paths.append(rel)
     df["path"] = paths
+    return df
+
+
+def block5_plan(model, finetune_epochs=1):
+    return ev.plan_for_config(model, {"from_block": "block5"}, head_epochs=1, finetune_epochs=finetune_epochs)
+
+
+def test_finetune_trainer_trains_afresh_per_split_resumes_its_own_and_prunes(tmp_path):
+    from helpers import finetune
+
+    df = image_folds(tmp_path)
     loads = []
 
     def load_base():
@@ -315,19 +325,111 @@ def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
         return keras_tiny_vggface(seed=len(loads))
 
     head = finetune.build_head(16, NAMES, seed=5)  # as if trained on fold 0's fc7 features
-    trainer = ev.finetune_trainer(
-        load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv", batch_size=8,
-        make_plan=lambda m: ev.plan_for_config(m, {"from_block": "block5"}, head_epochs=1, finetune_epochs=1),
-        initial_heads={(0,): head})
+    trainer = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv",
+                                  batch_size=8, make_plan=block5_plan, initial_heads={(0,): head},
+                                  keep_checkpoints=True)
     (tmp_path / "cv" / "fold_0").mkdir(parents=True)
-    (tmp_path / "cv" / "fold_0" / "stages.json").write_text('{"finetune": {}}')  # stale: must not be resumed
+    (tmp_path / "cv" / "fold_0" / "stages.json").write_text('{"finetune": {}}')  # another run's: never resumed
     res = ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.2, log=None)
     assert len(loads) == 1
     assert len(res.predictions) == int((df.fold == 0).sum())
-    assert (tmp_path / "cv" / "fold_0" / "best.keras").is_file()
-    stages = json.loads((tmp_path / "cv" / "fold_0" / "stages.json").read_text())
-    assert stages["finetune"]["epochs_run"] == 1  # trained anew, not the stale record
+    (run_dir,) = [d for d in (tmp_path / "cv").iterdir() if d.name.startswith("fold_0-")]
+    assert (run_dir / "best.keras").is_file()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["finetune"]["epochs_run"] == 1  # trained, not the other run's record
     assert "head" not in stages  # started from the fold's head: no head stage
+    # the same fold again (an interrupted cross-validation rerun): its finished stages are reused
+    log_before = (run_dir / "training_log.csv").read_text()
+    again = ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.2, log=None)
+    assert (run_dir / "training_log.csv").read_text() == log_before  # no epoch trained again
+    np.testing.assert_allclose(again.predictions[["p_m", "p_f"]], res.predictions[["p_m", "p_f"]], atol=1e-6)
+    # another split of the same fold trains in its own folder
+    ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.4, log=None)
+    assert len([d for d in (tmp_path / "cv").iterdir() if d.name.startswith("fold_0-")]) == 2
+    # by default a predicted fold's checkpoints are deleted, its training log kept
+    pruning = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv2",
+                                  batch_size=8, make_plan=block5_plan)
+    ev.cross_validate(df, pruning, folds=[1], class_names=NAMES, val_fraction=0.2, log=None)
+    (pruned,) = (tmp_path / "cv2").iterdir()
+    assert sorted(p.name for p in pruned.iterdir()) == ["training_log.csv"]
+
+
+def live_keras_objects():
+    """Keras models and variables Python still holds, garbage in reference cycles included
+    (gc.get_objects lists what the cycle collector has not freed yet: memory still in use)."""
+    import gc
+
+    import keras
+
+    objs = gc.get_objects()
+    models = [o for o in objs if isinstance(o, keras.Model)]
+    values = sum(int(np.prod(o.shape)) for o in objs if isinstance(o, keras.Variable))
+    return len(models), values
+
+
+def test_cross_validation_keeps_one_fold_model_alive_and_memory_flat(tmp_path):
+    """Issue 18: each fold's model, optimizer and compiled functions are released before the
+    next fold loads its own, so what is alive when a fold starts does not grow with the folds."""
+    import weakref
+
+    df = image_folds(tmp_path, n_users=10)
+    outside = keras_tiny_vggface(seed=9)  # a model the notebook holds (the one it evaluated)
+    x = np.random.default_rng(0).uniform(0, 255, (40, 32, 32, 3)).astype("float32")
+    before = outside.predict(x, verbose=0)
+    refs, alive_at_load = [], []
+
+    def load_base():
+        alive_at_load.append((sum(r() is not None for r in refs), *live_keras_objects()))
+        model = keras_tiny_vggface(seed=len(refs))
+        refs.append(weakref.ref(model))
+        return model
+
+    from helpers import finetune
+
+    heads = {(f,): finetune.build_head(16, NAMES, seed=f) for f in range(5)}  # no head stage: faster
+    trainer = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv",
+                                  batch_size=8, make_plan=block5_plan, initial_heads=heads)
+    res = ev.cross_validate(df, trainer, class_names=NAMES, val_fraction=0.2, log=None)
+    assert len(alive_at_load) == 5 and len(res.predictions) == len(df)
+    # no earlier fold's network survives into a later fold, and neither do its variables
+    assert [a[0] for a in alive_at_load] == [0] * 5, alive_at_load
+    assert [a[1:] for a in alive_at_load] == [alive_at_load[0][1:]] * 5, alive_at_load
+    assert all(r() is None for r in refs)  # and none once the cross-validation is over
+    # releasing Keras' global state between folds leaves a model held elsewhere working as before
+    np.testing.assert_allclose(outside.predict(x, verbose=0), before, rtol=1e-6)
+
+
+def test_cross_validation_resumes_fold_by_fold_from_its_store(tmp_path):
+    df = folds_frame(n_users=25, faces=3, seed=2)
+    calls = []
+
+    def share_of_women(train, val, test, fail_on=None):
+        f = int(test.fold.iloc[0])
+        if f == fail_on:
+            raise KeyboardInterrupt("the runtime disconnected")
+        calls.append(f)
+        p = float((train.label == 1).mean())
+        return np.tile([1 - p, p], (len(test), 1))
+
+    with pytest.raises(KeyboardInterrupt):
+        ev.cross_validate(df, lambda *a: share_of_women(*a, fail_on=3), class_names=NAMES,
+                          store=tmp_path / "store", log=None)
+    assert calls == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [f"fold_{f}.{e}" for f in range(3) for e in ("csv", "json")]
+    lines = []
+    res = ev.cross_validate(df, share_of_women, class_names=NAMES, store=tmp_path / "store", log=lines.append)
+    assert calls == [0, 1, 2, 3, 4]  # finished folds read back, the others trained
+    assert sum("read back" in line for line in lines) == 3
+    fresh = ev.cross_validate(df, share_of_women, class_names=NAMES, log=None)
+    assert res.fold_accuracy == pytest.approx(fresh.fold_accuracy)
+    pd.testing.assert_frame_equal(res.predictions, fresh.predictions)
+    # other faces (u03 left out: every fold's training or test set changes): every fold trains again
+    calls.clear()
+    lines.clear()
+    ev.cross_validate(df[df.user_id != "u03"], share_of_women, folds=[0, 1, 2], class_names=NAMES,
+                      store=tmp_path / "store", log=lines.append)
+    assert calls == [0, 1, 2]
+    assert sum("for other faces" in line for line in lines) == 3
 
 
 # ----------------------------------------------------------------------------- figures
