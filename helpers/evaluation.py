@@ -249,6 +249,34 @@ def choose_decision_rule(probs_val, y_val, cost, class_names: Sequence[str], pos
                         validation_cost=float(mean_costs[pick]))
 
 
+@dataclass
+class CostAnalysis:
+    """A decision rule chosen on validation faces for given error costs, and what it does on test faces."""
+
+    cost: np.ndarray
+    rule: DecisionRule
+    report: ConfusionReport  # the test faces under the chosen rule
+    test_cost: float  # mean cost per test face under the rule
+    argmax_cost: float  # ... under the plain argmax, for comparison
+
+
+def cost_analysis(probs_val, y_val, probs_test, y_test, class_names: Sequence[str],
+                  errors: Mapping[tuple[str, str], float] | None = None, positive: int = 1) -> CostAnalysis:
+    """Choose the rule of least mean cost on the validation faces (:func:`choose_decision_rule`)
+    and apply it to the test faces: notebook 06's "what errors cost" in one call.
+
+    ``errors`` maps (true, decided) class names to the cost of that error (1 where not given).
+    """
+    names = tuple(class_names)
+    cost = cost_matrix(names, errors)
+    p_test = _check_probs(probs_test, "probs_test")
+    y_test = _check_labels(y_test, len(names), n=len(p_test), name="y_test")
+    rule = choose_decision_rule(probs_val, y_val, cost, names, positive=positive)
+    decided = rule.predict(p_test)
+    return CostAnalysis(cost, rule, confusion_report(y_test, decided, names), expected_cost(y_test, decided, cost),
+                        expected_cost(y_test, p_test.argmax(axis=1), cost))
+
+
 def operating_point(y_true, scores, threshold: float, positive: int = 1) -> dict:
     """Where a threshold sits on the ROC and precision-recall curves."""
     y = np.asarray(y_true) == positive
@@ -344,6 +372,75 @@ def fit_temperature(logits_val, y_val, bounds: tuple[float, float] = (0.05, 20.0
     res = minimize_scalar(lambda log_t: negative_log_likelihood(apply_temperature(z, math.exp(log_t)), y),
                           bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-5})
     return float(math.exp(res.x))
+
+
+@dataclass
+class ChoiceSpread:
+    """How much a choice made on validation data moves when other people are drawn: the
+    estimate on the faces at hand and its user-bootstrap standard error and interval."""
+
+    estimate: float
+    se: float
+    low: float
+    high: float
+    n_faces: int
+    n_users: int
+    samples: np.ndarray
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3f} ± {self.se:.3f} (user-bootstrap SE, {self.n_faces} faces of {self.n_users} users)"
+
+
+def choice_spread(choose: Callable[[np.ndarray], float], users, *, n_boot: int = 200, level: float = 0.95,
+                  seed: int = 0) -> ChoiceSpread:
+    """Bootstrap a choice made on validation data by resampling its users.
+
+    ``choose(rows)`` makes the choice (a threshold, a temperature) from the validation rows
+    ``rows`` (integer positions, repeated as drawn); it is called once on all rows and
+    ``n_boot`` times on resampled users (all faces of each drawn user).
+    """
+    codes, uniq = pd.factorize(pd.Series(list(users)), sort=True)
+    if (codes < 0).any():
+        raise ValueError("user ids must not be missing: a face without a user cannot be resampled by user")
+    rows_of = [np.flatnonzero(codes == u) for u in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    estimate = float(choose(np.arange(len(codes))))
+    samples = np.array([float(choose(np.concatenate([rows_of[u] for u in rng.integers(0, len(uniq), len(uniq))])))
+                        for _ in range(int(n_boot))])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(samples, [alpha, 1 - alpha]) if len(samples) else (np.nan, np.nan)
+    return ChoiceSpread(estimate, float(samples.std(ddof=1)) if len(samples) > 1 else float("nan"),
+                        float(low), float(high), len(codes), len(uniq), samples)
+
+
+def threshold_spread(probs_val, y_val, users, cost, class_names: Sequence[str], positive: int = 1, **boot) -> ChoiceSpread:
+    """The cost-optimal threshold on P(positive) and how noisy it is (two classes)."""
+    p = _check_probs(probs_val, "probs_val")
+    y = _check_labels(y_val, p.shape[1], n=len(p), name="y_val")
+    if p.shape[1] != 2:
+        raise ValueError("a threshold exists for two classes only; with more, the Bayes rule has nothing to fit")
+    return choice_spread(lambda r: choose_decision_rule(p[r], y[r], cost, class_names, positive).threshold, users, **boot)
+
+
+def temperature_spread(logits_val, y_val, users, **boot) -> ChoiceSpread:
+    """The fitted temperature (:func:`fit_temperature`) and how noisy it is."""
+    z = np.asarray(logits_val, dtype=np.float64)
+    y = _check_labels(y_val, z.shape[1], n=len(z), name="y_val")
+    return choice_spread(lambda r: fit_temperature(z[r], y[r]), users, **boot)
+
+
+def temperature_sentence(spread: ChoiceSpread) -> str:
+    """What a fitted temperature says about the model, only as far as its uncertainty allows:
+    over- (or under-) confident only when T = 1 lies outside the bootstrap interval."""
+    t, lo, hi = spread.estimate, spread.low, spread.high
+    head = (f"The fitted temperature is T = {t:.2f} (user-bootstrap standard error {spread.se:.2f}, "
+            f"95% interval {lo:.2f}–{hi:.2f}, from {spread.n_faces} validation faces of {spread.n_users} users)")
+    if lo > 1.0:
+        return head + ": the model is over-confident as trained (T > 1 softens its probabilities)."
+    if hi < 1.0:
+        return head + ": the model is under-confident as trained (T < 1 sharpens its probabilities)."
+    return (head + ": T = 1 is inside the interval, so these faces cannot tell whether the model is over- "
+            "or under-confident; temperature scaling changes little.")
 
 
 # ----------------------------------------------------------------------------- bootstrap

@@ -501,3 +501,67 @@ def test_load_trained_model_prefers_finetuned_and_checks_classes(tmp_path):
     assert "head_only.keras" in how  # the fine-tuned file is three-class: not this protocol
     model, why = ev.load_trained_model(tmp_path, ("m", "f"), (64, 64))
     assert model is None and "takes (32, 32) images" in why
+
+
+# ----------------------------------------------------------------------------- notebook 06's analyses as helpers
+def scores_frame(n, seed):
+    """n faces with labels and noisy but informative P(f): more rows than any batch."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    pf = 1 / (1 + np.exp(-(2.0 * (2 * y - 1) + rng.normal(0, 1.5, n))))
+    return probs_from_pf(pf), y
+
+
+def test_cost_analysis_against_a_direct_numpy_computation():
+    probs_val, y_val = scores_frame(600, seed=1)
+    probs_test, y_test = scores_frame(900, seed=2)
+    out = ev.cost_analysis(probs_val, y_val, probs_test, y_test, NAMES, {("f", "m"): 3.0})
+    cost = np.array([[0.0, 1.0], [3.0, 0.0]])
+    np.testing.assert_array_equal(out.cost, cost)
+    # the threshold is the best of every threshold on the validation faces
+    grid = np.unique(probs_val[:, 1])
+    val_costs = [cost[y_val, (probs_val[:, 1] >= t).astype(int)].mean() for t in grid]
+    assert out.rule.validation_cost == pytest.approx(min(val_costs))
+    decided = (probs_test[:, 1] >= out.rule.threshold).astype(int)
+    assert out.test_cost == pytest.approx(cost[y_test, decided].mean())
+    assert out.argmax_cost == pytest.approx(cost[y_test, probs_test.argmax(1)].mean())
+    counts = np.array([[np.sum((y_test == i) & (decided == j)) for j in (0, 1)] for i in (0, 1)])
+    np.testing.assert_array_equal(out.report.counts.to_numpy(), counts)
+    assert out.rule.threshold < 0.5  # women taken for men cost more: decide "f" sooner
+    with pytest.raises(ValueError, match="probs_test"):
+        ev.cost_analysis(probs_val, y_val, probs_test[:, :1], y_test, NAMES)
+
+
+def test_choice_spread_matches_the_standard_error_of_a_mean_of_users():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(300), 3)  # 300 users with 3 faces each
+    values = np.repeat(rng.normal(0, 1, 300), 3) + rng.normal(0, 0.1, 900)
+    spread = ev.choice_spread(lambda rows: values[rows].mean(), users, n_boot=400, seed=1)
+    user_means = values.reshape(300, 3).mean(axis=1)
+    assert spread.estimate == pytest.approx(values.mean())
+    assert spread.se == pytest.approx(user_means.std(ddof=1) / np.sqrt(300), rel=0.15)
+    assert spread.low < spread.estimate < spread.high and (spread.n_faces, spread.n_users) == (900, 300)
+    # resampling images would claim about sqrt(3) times too small an error here
+    image_se = ev.choice_spread(lambda rows: values[rows].mean(), np.arange(900), n_boot=400, seed=1).se
+    assert image_se < 0.75 * spread.se
+
+
+def test_threshold_and_temperature_spreads_and_the_sentence_they_allow():
+    rng = np.random.default_rng(3)
+    n = 600
+    z = rng.normal(0, 2.5, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-z))).astype(int)  # calibrated logits: T = 1 fits
+    logits = np.stack([np.zeros(n), z], axis=1)
+    users = np.arange(n) // 2
+    over = ev.temperature_spread(3.0 * logits, y, users, n_boot=60)  # logits three times too large
+    assert over.estimate == pytest.approx(ev.fit_temperature(3.0 * logits, y))
+    assert over.low > 1.0 and "over-confident" in ev.temperature_sentence(over)
+    under = ev.temperature_spread(0.3 * logits, y, users, n_boot=60)
+    assert under.high < 1.0 and "under-confident" in ev.temperature_sentence(under)
+    unsure = ev.ChoiceSpread(1.03, 0.12, 0.85, 1.27, 150, 60, np.array([]))
+    text = ev.temperature_sentence(unsure)
+    assert "over-confident as" not in text and "cannot tell" in text and "150 validation faces" in text
+    spread = ev.threshold_spread(ev.apply_temperature(logits, 1.0), y, users, ev.cost_matrix(NAMES), NAMES, n_boot=60)
+    assert 0 < spread.se < 0.2 and spread.low <= spread.estimate <= spread.high
+    with pytest.raises(ValueError, match="two classes"):
+        ev.threshold_spread(np.full((4, 3), 1 / 3), [0, 1, 2, 0], [0, 1, 2, 3], ev.cost_matrix("mfu"), "mfu")
