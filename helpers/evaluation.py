@@ -852,28 +852,20 @@ MODEL_FILES = (("fine-tuned model of notebook 05", "finetuned_best.keras"),
                ("head-only model of notebook 04", "head_only.keras"))
 
 
-def split_from_summary(df: pd.DataFrame, summary: Mapping, seed: int = 0):
-    """The (train, val, test) split notebooks 04/05 trained on, as ``finetune_summary.json`` names it.
+def split_from_summary(df: pd.DataFrame, summary: Mapping | None, seed: int = 0):
+    """The (train, val, test) split notebooks 04/05 trained on, as ``finetune_summary.json``
+    (``helpers.finetune.read_summary``) names it; without a summary (a fresh runtime), the split
+    notebook 05 would make: ``finetune.make_split(df, "case_study", seed=seed)``.
+    Returns ``(split, description)``."""
+    from . import finetune
 
-    Understood: ``{"split": {"test_fold": k, "val_fraction": v, "seed": s}}`` (``data.fold_split``)
-    or ``{"split": "case_study"}`` / no summary (``data.case_study_split``: train fold 0, test fold 1).
-    Returns ``(split, description)``.
-    """
-    from . import data
-
-    spec = summary.get("split", "case_study") if summary else "case_study"
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    spec = dict(spec)
-    val_fraction = float(spec.get("val_fraction", summary.get("val_fraction", 0.1) if summary else 0.1))
-    seed = int(spec.get("seed", summary.get("seed", seed) if summary else seed))
-    if spec.get("test_fold") is not None:
-        k = int(spec["test_fold"])
-        return data.fold_split(df, k, val_fraction=val_fraction, seed=seed), f"test fold {k}, train on the others"
-    if spec.get("kind", "case_study") != "case_study":
-        raise ValueError(f"finetune_summary.json names a split {spec!r} this notebook does not know: "
-                         "expected 'case_study' or {'test_fold': k}")
-    return data.case_study_split(df, val_fraction=val_fraction, seed=seed), "the case study's (train fold 0, test fold 1)"
+    if summary:
+        split, spec = finetune.split_from_summary(df, summary), dict(summary["split"])
+    else:
+        split, spec = finetune.make_split(df, "case_study", seed=seed)
+    if spec["kind"] == "fold":
+        return split, f"test fold {spec['test_fold']}, train on the others"
+    return split, "the case study's (train fold 0, test fold 1, validation users from folds 2-4)"
 
 
 def load_trained_model(models_dir, class_names: Sequence[str], image_size) -> tuple[object | None, str]:
@@ -908,41 +900,17 @@ def load_trained_model(models_dir, class_names: Sequence[str], image_size) -> tu
     return None, "; ".join(reasons)
 
 
-# Names notebook 05 may give its configurations, and the layer group each trains from.
-_CONFIG_BLOCKS = {"head_only": "head", "head": "head", "last_block": "block5", "block5": "block5",
-                  "last_block_head": "block5", "everything": 1, "all": 1, "full": 1}
+def best_finetune_config(summary: Mapping | None, default: str | int = "block5") -> dict:
+    """The fine-tuning configuration to cross-validate: ``{"name", "from_block"}``.
 
-
-def best_finetune_config(summary: Mapping, default: str | int = "block5") -> dict:
-    """The fine-tuning configuration to cross-validate: ``{"name", "from_block", ...}``.
-
-    Reads ``summary["best"]`` (a configuration name, or a dict with ``from_block``), looking the
-    name up in ``summary["configs"]`` when it is there. When notebook 05 found head-only best (or
-    left no summary), the best fine-tuning configuration is the best one that trains more than the
-    head, else ``default``.
+    Notebook 05's best configuration (chosen on validation accuracy) when it trains more than
+    the head; when head-only won, the best of the others; without a summary, ``default``.
     """
-    configs = dict(summary.get("configs", {})) if summary else {}
-
-    def resolve(name, spec):
-        spec = dict(spec) if isinstance(spec, Mapping) else {}
-        block = spec.get("from_block", spec.get("block", _CONFIG_BLOCKS.get(str(name))))
-        return {**spec, "name": str(name), "from_block": block} if block is not None else None
-
-    candidates = []
-    best = summary.get("best") if summary else None
-    if isinstance(best, Mapping):
-        candidates.append(resolve(best.get("name", "best"), best))
-    elif best is not None:
-        candidates.append(resolve(best, configs.get(best, {})))
-    def score(spec):  # chosen on validation, as notebook 05 chooses; test accuracy only if nothing else
-        spec = spec if isinstance(spec, Mapping) else {}
-        return float(spec.get("val_accuracy", spec.get("test_accuracy", 0.0)) or 0.0)
-
-    ranked = sorted(configs.items(), key=lambda kv: -score(kv[1]))
-    candidates += [resolve(n, s) for n, s in ranked]
-    for c in candidates:
-        if c is not None and c["from_block"] != "head":
-            return c
+    configs = dict(summary["configs"]) if summary else {}
+    ranked = sorted(configs, key=lambda n: (n != summary["best"], -float(configs[n]["val_accuracy"] or 0.0)))
+    for name in ranked:
+        if configs[name]["from_block"] != "head":
+            return {"name": name, "from_block": configs[name]["from_block"]}
     return {"name": f"from_{default}" if isinstance(default, str) else f"from_block{default}", "from_block": default}
 
 

@@ -456,14 +456,34 @@ def test_evaluation_figures_show_the_numbers():
 
 
 # ----------------------------------------------------------------------------- what notebooks 04/05 left behind
+def summary_of(best, configs, split):
+    """A summary as notebook 05 writes it (helpers.finetune.write_summary), read back."""
+    from helpers import finetune
+
+    full = {n: {"from_block": fb, "val_accuracy": va, "test_accuracy": 0.5, "epoch_seconds": 1.0,
+                "trainable_params": 10, "estimated_memory_bytes": 100, "peak_memory_bytes": None, "epochs_run": 1}
+            for n, (fb, va) in configs.items()}
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "finetune_summary.json"
+    finetune.write_summary(path, best=best, configs=full, split=split, protocol="binary", class_names=NAMES,
+                           image_size=(32, 32), resize="direct", mode="quick", seed=0)
+    return finetune.read_summary(path)
+
+
 def test_split_from_summary_reads_the_split_of_notebook_05():
-    df = folds_frame(n_users=25, faces=2)
-    split, how = ev.split_from_summary(df, {})
+    from helpers import finetune
+
+    df = folds_frame(n_users=40, faces=2)
+    split, how = ev.split_from_summary(df, None, seed=3)  # a fresh runtime: 05's own default split
+    expected, spec = finetune.make_split(df, "case_study", seed=3)
+    pd.testing.assert_frame_equal(split.val, expected.val)
     assert set(split.test.fold) == {1} and set(split.train.fold) == {0} and "case study" in how
-    split, how = ev.split_from_summary(df, {"split": {"test_fold": 3, "val_fraction": 0.2}})
+    _, spec = finetune.make_split(df, "fold", test_fold=3, val_fraction=0.2, seed=0)
+    split, how = ev.split_from_summary(df, summary_of("a", {"a": ("block5", 0.9)}, spec))
     assert set(split.test.fold) == {3} and set(split.train.fold) == {0, 1, 2, 4} and len(split.val)
-    with pytest.raises(ValueError, match="does not know"):
-        ev.split_from_summary(df, {"split": "random_images"})
+    assert how == "test fold 3, train on the others"
 
 
 def test_plan_for_config_accepts_a_block_or_a_list_of_layers():
@@ -475,18 +495,15 @@ def test_plan_for_config_accepts_a_block_or_a_list_of_layers():
 
 
 def test_best_finetune_config_never_returns_head_only():
-    summary = {"best": "head_only", "configs": {"head_only": {"test_accuracy": 0.9},
-                                                "everything": {"test_accuracy": 0.85},
-                                                "last_block": {"test_accuracy": 0.88}}}
-    assert ev.best_finetune_config(summary) == {"name": "last_block", "from_block": "block5", "test_accuracy": 0.88}
-    # notebook 05's own format: chosen on validation accuracy, from_block recorded per configuration
-    summary = {"best": "head_only", "configs": {"head_only": {"from_block": "head", "val_accuracy": 0.9},
-                                                "everything": {"from_block": 1, "val_accuracy": 0.89, "test_accuracy": 0.5},
-                                                "last_block": {"from_block": "block5", "val_accuracy": 0.8, "test_accuracy": 0.9}}}
-    assert ev.best_finetune_config(summary)["name"] == "everything"
-    assert ev.best_finetune_config({"best": "everything"})["from_block"] == 1
-    assert ev.best_finetune_config({"best": {"name": "mine", "from_block": "block4"}})["from_block"] == "block4"
-    assert ev.best_finetune_config({}) == {"name": "from_block5", "from_block": "block5"}
+    split = {"kind": "case_study", "seed": 0}
+    summary = summary_of("head_only", {"head_only": ("head", 0.9), "everything": (1, 0.89),
+                                       "last_block": ("block5", 0.8)}, split)
+    assert ev.best_finetune_config(summary) == {"name": "everything", "from_block": 1}  # best on validation
+    summary = summary_of("last_block", {"head_only": ("head", 0.9), "last_block": ("block5", 0.8),
+                                        "mine": (["fc7"], 0.85)}, split)
+    assert ev.best_finetune_config(summary) == {"name": "last_block", "from_block": "block5"}  # 05's choice
+    assert ev.best_finetune_config(summary_of("head_only", {"head_only": ("head", 0.9)}, split))["from_block"] == "block5"
+    assert ev.best_finetune_config(None) == {"name": "from_block5", "from_block": "block5"}
 
 
 def test_load_trained_model_prefers_finetuned_and_checks_classes(tmp_path):
