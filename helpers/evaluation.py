@@ -569,6 +569,11 @@ class CVResult:
     fold_accuracy: dict[int, float]
     predictions: pd.DataFrame  # the test rows of every fold with fold, label, pred, and p_<class>
     fold_seconds: dict[int, float] = field(default_factory=dict)
+    remaining: list[int] = field(default_factory=list)  # folds not run (a time budget ran out)
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -591,7 +596,8 @@ class CVResult:
 def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], np.ndarray],
                    *, folds: Iterable[int] = range(5), class_names: Sequence[str] | None = None,
                    val_fraction: float = 0.1, seed: int = 0, name: str = "model",
-                   store=None, log: Callable[[str], None] | None = print) -> CVResult:
+                   store=None, max_seconds: float | None = None, fold_seconds_guess: float | None = None,
+                   log: Callable[[str], None] | None = print) -> CVResult:
     """Subject-exclusive k-fold protocol: for each fold k, test on fold k, train on the others.
 
     ``df`` needs ``fold``, ``user_id`` and an integer ``label`` column (``helpers.data.apply_protocol``).
@@ -606,6 +612,12 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     for other faces is trained again, and the log says why. Between folds, whatever the last
     fold's training left behind is released (:func:`release_memory`), so only one fold's model
     is alive at a time.
+
+    ``max_seconds`` (with ``store``) keeps one call within a time limit (a notebook runner's
+    cell limit): a fold is not started when the time spent plus one fold's time (the mean of the
+    folds trained so far, else ``fold_seconds_guess``) would pass it. The result then lists the
+    folds left in ``remaining``; the same call again (the next cell) reads back the finished
+    folds and trains the others.
     """
     from . import data
 
@@ -622,11 +634,19 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     # Check every fold before the first (possibly long) training run.
     for f in folds:
         data.check_subject_exclusive(df[df["fold"] != f], df[df["fold"] == f], context=f"fold {f}")
-    accs, secs, parts = {}, {}, []
+    if max_seconds is not None and store is None:
+        raise ValueError("max_seconds needs a store: the folds left for later must find the finished ones")
+    accs, secs, parts, trained, remaining = {}, {}, [], [], []
+    started = time.perf_counter()
     for i, f in enumerate(folds):
         train, val, test = data.fold_split(df, f, val_fraction=val_fraction, seed=seed + f)
         key = split_fingerprint(train, val, test, names)
         stored = _read_fold(store, f, key, test, names, log=log) if store is not None else None
+        guess = float(np.mean(trained)) if trained else fold_seconds_guess
+        if stored is None and max_seconds is not None and guess is not None \
+                and time.perf_counter() - started + guess > max_seconds:
+            remaining.append(f)
+            continue
         if stored is not None:
             probs, secs[f] = stored
             how = "read back from an earlier run"
@@ -634,6 +654,7 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
             t0 = time.perf_counter()
             probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
             secs[f] = time.perf_counter() - t0
+            trained.append(secs[f])
             how = f"in {secs[f]:.1f} s"
             if probs.shape != (len(test), k):
                 raise ValueError(f"train_and_predict returned shape {probs.shape} for fold {f}; expected {(len(test), k)}")
@@ -653,7 +674,11 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
             log(f"[{name}] fold {f} ({i + 1}/{len(folds)}): train {len(train)} faces / "
                 f"{train['user_id'].nunique()} users, val {len(val)}, test {len(test)}: "
                 f"accuracy {100 * accs[f]:.1f}% {how}")
-    return CVResult(name, accs, pd.concat(parts), secs)
+    if remaining and log:
+        log(f"[{name}] stopped before fold(s) {remaining} to stay within {max_seconds:.0f} s: "
+            "run the same call again (the next cell) to finish them; the finished folds are kept")
+    predictions = pd.concat(parts) if parts else df.iloc[:0].assign(pred=pd.Series(dtype=int))
+    return CVResult(name, accs, predictions, secs, remaining)
 
 
 def release_memory() -> None:

@@ -582,3 +582,25 @@ def test_threshold_and_temperature_spreads_and_the_sentence_they_allow():
     assert 0 < spread.se < 0.2 and spread.low <= spread.estimate <= spread.high
     with pytest.raises(ValueError, match="two classes"):
         ev.threshold_spread(np.full((4, 3), 1 / 3), [0, 1, 2, 0], [0, 1, 2, 3], ev.cost_matrix("mfu"), "mfu")
+
+
+def test_cross_validation_stops_within_a_time_budget_and_the_next_call_finishes(tmp_path):
+    import time as _time
+
+    df = folds_frame(n_users=25, faces=2, seed=4)
+    calls = []
+
+    def slow(train, val, test):
+        calls.append(int(test.fold.iloc[0]))
+        _time.sleep(0.3)
+        return np.tile([0.5, 0.5], (len(test), 1))
+
+    part = ev.cross_validate(df, slow, class_names=NAMES, store=tmp_path, max_seconds=0.5, log=None)
+    assert not part.complete and calls == [0] and part.remaining == [1, 2, 3, 4]
+    rest = ev.cross_validate(df, slow, class_names=NAMES, store=tmp_path, log=None)
+    assert rest.complete and calls == [0, 1, 2, 3, 4] and len(rest.predictions) == len(df)
+    guessed = ev.cross_validate(df, slow, class_names=NAMES, store=tmp_path / "other", max_seconds=1.0,
+                                fold_seconds_guess=5.0, log=None)
+    assert guessed.remaining == [0, 1, 2, 3, 4] and calls == [0, 1, 2, 3, 4]  # not even one fold fits
+    with pytest.raises(ValueError, match="needs a store"):
+        ev.cross_validate(df, slow, class_names=NAMES, max_seconds=10, log=None)
