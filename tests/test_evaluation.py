@@ -452,6 +452,19 @@ def test_evaluation_figures_show_the_numbers():
     table = ev.group_accuracy(y, [0, 0, 1, 1, 1], ["(0, 2)", "(0, 2)", "(4, 6)", None, None], list("abcde"), n_boot=20)
     fig = plots.plot_group_accuracy(table)
     assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([100.0, 0.0, 100.0])
+    probs, y = scores_frame(700, seed=5)
+    tables = {"as trained": ev.reliability_table(probs, y), "T=2": ev.reliability_table(
+        ev.apply_temperature(ev.logits_from_probs(probs), 2.0), y)}
+    fig = plots.plot_reliability(tables)
+    counts_axes = fig.axes[1]
+    heights = [p.get_height() for p in counts_axes.patches]
+    assert heights == [*tables["as trained"]["count"], *tables["T=2"]["count"]] and sum(heights) == 1400
+    conf = probs.max(axis=1)  # the bin counts, directly
+    assert tables["as trained"]["count"].tolist() == np.histogram(conf, bins=np.linspace(0, 1, 11))[0].tolist()
+    fig, ax = plt.subplots()
+    plots.plot_reliability(tables, ax=ax)
+    assert sum(t.get_text().startswith("n=") for t in ax.texts) == int((tables["as trained"]["count"] > 0).sum()
+                                                                       + (tables["T=2"]["count"] > 0).sum())
     plt.close("all")
 
 
