@@ -237,7 +237,8 @@ def channel_maxima(model, layers, images, batch_size: int = 32) -> dict[str, np.
         elif len(out.shape) != 2:
             raise ValueError(f"layer {name!r} has output shape {tuple(out.shape)}; expected (H, W, C) maps or (C,) units")
         outputs.append(out)
-    reducer = keras.Model(model.inputs, outputs, name="channel_maxima")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a tensor in, not a list of one
+    reducer = keras.Model(inputs, outputs, name="channel_maxima")
     images = np.asarray(images, dtype=np.float32)
     parts: list[list[np.ndarray]] = [[] for _ in layers]
     for start in range(0, len(images), int(batch_size)):
