@@ -558,6 +558,34 @@ def gallery_indices(probs, y_true, k: int = 8) -> dict[str, np.ndarray]:
     }
 
 
+def photo_caveats(report: ConfusionReport, per_age: pd.DataFrame, temperature: "ChoiceSpread", ece_scaled: float,
+                  nouns: Mapping[str, str] | None = None, *, quick: bool) -> list[str]:
+    """What one prediction on a learner's photo can and cannot say, with this run's own numbers:
+    per-class recall on the test faces, the weakest and strongest age groups (``group_accuracy``
+    over the cross-validation), and how calibrated the probabilities are."""
+    nouns = {**CLASS_NOUNS, **(nouns or {})}
+    rec = report.per_class["recall"]
+    known = per_age[per_age["group"] != UNKNOWN_GROUP] if len(per_age) else per_age
+    lines = ["What this answer can say: which label the annotators of photos like the training faces would "
+             "most likely have given, and how often this model is right when it answers like this. On this "
+             "notebook's test faces it recognised " + ", ".join(f"{rec[c]:.0%} of {nouns.get(c, c)}" for c in rec.index)
+             + f" ({report.accuracy:.0%} overall)."]
+    if len(known):
+        worst, best = known.loc[known["accuracy"].idxmin()], known.loc[known["accuracy"].idxmax()]
+        lines.append(f"Its accuracy depends on who is in the photo: {worst['accuracy']:.0%} for age group {worst['group']} "
+                     f"({worst['n_faces']} faces), {best['accuracy']:.0%} for {best['group']} ({best['n_faces']} faces), "
+                     "over all five folds.")
+    lines.append(f"The probability is calibrated with T = {temperature.estimate:.2f} (± {temperature.se:.2f}); on the test "
+                 f"faces the calibrated confidence is off by {ece_scaled:.1%} on average (ECE): read 80% as "
+                 "\"right about four times in five on faces like these\", not as a fact about this person.")
+    lines.append("What it cannot say: anything about this person's gender identity (the labels are annotators' "
+                 "perceptions of photos, and the binary protocol has no answer for people who are neither); "
+                 "anything reliable for a photo unlike the training faces (another pose, lighting, age, or a crop placed by hand).")
+    if quick:
+        lines.append("And in quick mode, nothing about real faces at all: this model was trained on synthetic faces.")
+    return lines
+
+
 # ----------------------------------------------------------------------------- cross-validation
 
 

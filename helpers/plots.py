@@ -159,6 +159,37 @@ def top_activating_grid(images: np.ndarray, top: pd.DataFrame, title: str = ""):
     return fig
 
 
+def photo_prediction(image: np.ndarray, box, face: np.ndarray, probs: dict, calibrated: dict,
+                     detections: Sequence = (), title: str = ""):
+    """The photo with the square used (and any detected faces), the crop as the model sees it,
+    and the class probabilities as trained and after temperature scaling."""
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.3, 1, 1.2]})
+    axes[0].imshow(image)
+    for l, t, r, b in detections:
+        axes[0].add_patch(Rectangle((l, t), r - l, b - t, fill=False, ec="yellow", lw=1, ls="--"))
+    left, top, side = box
+    axes[0].add_patch(Rectangle((left, top), side, side, fill=False, ec="red", lw=2))
+    axes[0].set_title(title or "the photo (red: the crop; dashed: detected faces)", fontsize=9)
+    axes[1].imshow(np.clip(face, 0, 255).astype(np.uint8))
+    axes[1].set_title(f"what the model sees ({face.shape[1]}×{face.shape[0]})", fontsize=9)
+    for ax in axes[:2]:
+        ax.axis("off")
+    names = list(probs)
+    y = np.arange(len(names))
+    axes[2].barh(y - 0.2, [probs[n] for n in names], height=0.4, color="#bdbdbd", label="as trained")
+    axes[2].barh(y + 0.2, [calibrated[n] for n in names], height=0.4,
+                 color=[PALETTE.get(n, "#3182bd") for n in names], label="calibrated (temperature)")
+    for yi, n in zip(y, names):
+        axes[2].text(min(calibrated[n] + 0.02, 0.85), yi + 0.2, f"{calibrated[n]:.0%}", va="center", fontsize=8)
+    axes[2].set_yticks(y, names)
+    axes[2].set(xlim=(0, 1), xlabel="probability", title="the model's answer")
+    axes[2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_cv_vs_literature(table: pd.DataFrame, ax=None):
     """Mean accuracy (± std where known) of published results and of this course's runs."""
     fig, ax = _axes(ax, size=(7.0, 3.2))

@@ -617,3 +617,16 @@ def test_cross_validation_stops_within_a_time_budget_and_the_next_call_finishes(
     assert guessed.remaining == [0, 1, 2, 3, 4] and calls == [0, 1, 2, 3, 4]  # not even one fold fits
     with pytest.raises(ValueError, match="needs a store"):
         ev.cross_validate(df, slow, class_names=NAMES, max_seconds=10, log=None)
+
+
+def test_photo_caveats_carry_this_runs_numbers():
+    rep = ev.confusion_report([0, 0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 0, 1], NAMES)
+    per_age = pd.DataFrame({"group": ["(0, 2)", "(25, 32)", "unknown"], "n_faces": [10, 40, 3],
+                            "n_users": [4, 12, 2], "accuracy": [0.6, 0.9, 0.1], "low": [0.4, 0.8, 0.0],
+                            "high": [0.8, 1.0, 0.3]})
+    spread = ev.ChoiceSpread(1.2, 0.1, 1.0, 1.4, 150, 60, np.array([]))
+    text = "\n".join(ev.photo_caveats(rep, per_age, spread, 0.034, quick=True))
+    assert "75% of men, 80% of women (78% overall)" in text
+    assert "60% for age group (0, 2) (10 faces), 90% for (25, 32)" in text  # "unknown" is no age group
+    assert "T = 1.20 (± 0.10)" in text and "3.4%" in text and "synthetic faces" in text
+    assert "synthetic" not in "\n".join(ev.photo_caveats(rep, per_age, spread, 0.034, quick=False))
