@@ -13,6 +13,7 @@ file pages the kernel can drop) every 0.2 s; the table gives the peak of each fo
 last line the ratio of the last fold's peak to the first's (flat: about 1.0).
 
     flock /work/heavy.lock nice -n 10 python benchmarks/cv_memory.py [--work DIR] [--epochs 2] [--configs 1]
+        [--users 16 --faces 5]
 
 A whole-process cross-check: ``/work/shared/tools/peak_anon.sh OUT -- python benchmarks/cv_memory.py``.
 """
@@ -98,10 +99,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per fold")
     ap.add_argument("--configs", type=int, default=1, help="cross-validations in a row (05 runs three configurations)")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--users", type=int, default=16, help="users (5 faces each unless --faces)")
+    ap.add_argument("--faces", type=int, default=5)
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    model_path, df = make_standins(args.work)
+    model_path, df = make_standins(args.work, n_users=args.users, faces=args.faces)
     import keras
 
     from helpers import evaluation as ev

@@ -107,3 +107,24 @@ def test_prediction_uses_the_temperature(tiny_vggface):
     assert abs(p3["m"] - 0.5) <= abs(p1["m"] - 0.5)  # a higher temperature is less sure
     assert sum(p3.values()) == pytest.approx(1.0)
     assert ev.apply_temperature(np.log(raw)[None], 3.0)[0] == pytest.approx(expected)
+
+
+def test_colabs_own_dlib_satisfies_the_dlib_bin_requirement(monkeypatch):
+    from importlib import metadata
+
+    from helpers.course import environment
+
+    real = metadata.version
+
+    def colab_versions(dist):  # Colab: dlib 19.24.6 built from source, no dlib-bin
+        if dist == "dlib-bin":
+            raise metadata.PackageNotFoundError(dist)
+        return "19.24.6" if dist == "dlib" else real(dist)
+
+    monkeypatch.setattr(environment.metadata, "version", colab_versions)
+    (check,) = environment.check_versions({"dlib-bin": "19.24"})[1:]
+    assert check.ok and check.found == "19.24.6"
+    assert environment.missing_requirements({"dlib-bin": "19.24"}) == []
+    monkeypatch.setattr(environment.metadata, "version",
+                        lambda d: (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
+    assert environment.missing_requirements({"dlib-bin": "19.24"}) == ["dlib-bin>=19.24"]
