@@ -48,8 +48,10 @@ def read_image(source, name: str | None = None) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             rgb = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # Pillow's own words for an unknown format name a BytesIO object: say nothing more than that
+        detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({exc})"
         raise NotAnImageError(f"{label}: this is not an image that Pillow can read "
-                              f"(JPEG, PNG, WebP, ...): {exc}") from exc
+                              f"(JPEG, PNG, WebP, ...){detail}") from exc
     if min(rgb.shape[:2]) < 16:
         raise NotAnImageError(f"{label}: the image is {rgb.shape[1]}×{rgb.shape[0]} pixels; a face needs more than that")
     return rgb
