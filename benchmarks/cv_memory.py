@@ -13,7 +13,7 @@ file pages the kernel can drop) every 0.2 s; the table gives the peak of each fo
 last line the ratio of the last fold's peak to the first's (flat: about 1.0).
 
     flock /work/heavy.lock nice -n 10 python benchmarks/cv_memory.py [--work DIR] [--epochs 2] [--configs 1]
-        [--users 16 --faces 5]
+        [--users 16 --faces 5] [--folds 5]
 
 A whole-process cross-check: ``/work/shared/tools/peak_anon.sh OUT -- python benchmarks/cv_memory.py``.
 """
@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--users", type=int, default=16, help="users (5 faces each unless --faces)")
     ap.add_argument("--faces", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5, help="cross-validate the first N of the five folds")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
                                                    finetune_epochs=args.epochs),
             image_size=(224, 224), run_root=args.work / "cv" / f"config_{c}", batch_size=args.batch,
             initial_heads=heads)
-        ev.cross_validate(df, trainer, class_names=NAMES, val_fraction=0.25, name=f"last_block#{c}", log=log)
+        ev.cross_validate(df, trainer, folds=range(args.folds), class_names=NAMES, val_fraction=0.25,
+                          name=f"last_block#{c}", log=log)
     sampler.stop()
     table = pd.DataFrame(rows)
     print(table.round(2).to_string(index=False))
