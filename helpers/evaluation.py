@@ -680,6 +680,7 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
             how = "read back from an earlier run"
         else:
             t0 = time.perf_counter()
+            registered = _custom_gradients()
             probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
             secs[f] = time.perf_counter() - t0
             trained.append(secs[f])
@@ -697,7 +698,7 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
         parts.append(out)
         del probs
         if stored is None:
-            release_memory()  # the fold's model, optimizer and compiled functions, before the next fold
+            release_memory(registered)  # the fold's model, optimizer and compiled functions, before the next fold
         if log:
             log(f"[{name}] fold {f} ({i + 1}/{len(folds)}): train {len(train)} faces / "
                 f"{train['user_id'].nunique()} users, val {len(val)}, test {len(test)}: "
@@ -709,7 +710,7 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     return CVResult(name, accs, predictions, secs, remaining)
 
 
-def release_memory() -> None:
+def release_memory(keep_custom_gradients: frozenset | None = None) -> None:
     """Free what finished training left behind before the next model is built.
 
     A Keras model, its optimizer, its callbacks and its compiled functions refer to each other
@@ -718,14 +719,57 @@ def release_memory() -> None:
     that in Adam's moments) it may not run for several folds. ``keras.backend.clear_session``
     also resets Keras' global state (layer names, TensorFlow's graph and kernel caches); models
     still referenced elsewhere keep working.
+
+    With ``keep_custom_gradients`` (``_custom_gradients()`` taken before the training), the
+    gradient functions TensorFlow registered during that training are forgotten too: see
+    :func:`_forget_custom_gradients`, without which every fold's network stays in memory.
     """
     import gc
     import sys
 
+    if keep_custom_gradients is not None:
+        _forget_custom_gradients(keep_custom_gradients)
     if "keras" in sys.modules:
         sys.modules["keras"].backend.clear_session(free_memory=True)
     else:
         gc.collect()
+
+
+def _custom_gradients() -> frozenset:
+    """Names in TensorFlow's gradient registry made by ``tf.custom_gradient`` (empty without TensorFlow)."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return frozenset()
+    from tensorflow.python.framework import ops  # private: see _forget_custom_gradients
+
+    return frozenset(n for n in ops.gradient_registry._registry if n.startswith("CustomGradient-"))
+
+
+def _forget_custom_gradients(keep: frozenset) -> int:
+    """Drop the ``tf.custom_gradient`` entries of TensorFlow's gradient registry not in ``keep``.
+
+    Why (issue 18): tracing Keras' training step (the optimizer's ``ReplicaContext.all_reduce``)
+    runs a ``tf.custom_gradient`` in graph mode, which registers a gradient function under a new
+    name in TensorFlow's global gradient registry and never removes it. That function's closure
+    holds the traced training graph, and the graph holds the model's variables: without this, each
+    fold kept its whole network (measured: +1.4 GB per fold at full size), whatever Python freed.
+    No public API removes registry entries, hence the private ``ops.gradient_registry``, here only.
+    An entry is read while a graph's gradient is being built, which is over once the fold's
+    training step has been traced, so dropping the fold's own entries after the fold is safe.
+    Returns how many entries were dropped.
+    """
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return 0
+    from tensorflow.python.framework import ops
+
+    registry = ops.gradient_registry._registry
+    gone = [n for n in registry if n.startswith("CustomGradient-") and n not in keep]
+    for name in gone:
+        del registry[name]
+    return len(gone)
 
 
 def split_fingerprint(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, class_names: Sequence[str]) -> str:

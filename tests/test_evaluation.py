@@ -355,16 +355,20 @@ def test_finetune_trainer_trains_afresh_per_split_resumes_its_own_and_prunes(tmp
 
 
 def live_keras_objects():
-    """Keras models and variables Python still holds, garbage in reference cycles included
-    (gc.get_objects lists what the cycle collector has not freed yet: memory still in use)."""
+    """Keras models, variables and TensorFlow graphs still held, garbage in reference cycles
+    included (gc.get_objects lists what the cycle collector has not freed yet: memory in use).
+    A traced training graph holds its model's variables in TensorFlow even after Keras' own
+    Variable objects are gone, so the graphs are counted too."""
     import gc
 
     import keras
+    import tensorflow as tf
 
     objs = gc.get_objects()
     models = [o for o in objs if isinstance(o, keras.Model)]
     values = sum(int(np.prod(o.shape)) for o in objs if isinstance(o, keras.Variable))
-    return len(models), values
+    graphs = sum(isinstance(o, tf.Graph) for o in objs)
+    return len(models), values, graphs
 
 
 def test_cross_validation_keeps_one_fold_model_alive_and_memory_flat(tmp_path):
@@ -387,11 +391,16 @@ def test_cross_validation_keeps_one_fold_model_alive_and_memory_flat(tmp_path):
     from helpers import finetune
 
     heads = {(f,): finetune.build_head(16, NAMES, seed=f) for f in range(5)}  # no head stage: faster
-    trainer = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv",
-                                  batch_size=8, make_plan=block5_plan, initial_heads=heads)
-    res = ev.cross_validate(df, trainer, class_names=NAMES, val_fraction=0.2, log=None)
-    assert len(alive_at_load) == 5 and len(res.predictions) == len(df)
-    # no earlier fold's network survives into a later fold, and neither do its variables
+    # two configurations one after the other in one kernel (as notebook 05 trains three): folds 0-2, then 3-4
+    res = {}
+    for name, folds, plan in (("block5", [0, 1, 2], block5_plan),
+                              ("fc", [3, 4], lambda m: ev.plan_for_config(m, {"from_block": "fc"}, finetune_epochs=1))):
+        trainer = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv" / name,
+                                      batch_size=8, make_plan=plan, initial_heads=heads)
+        res[name] = ev.cross_validate(df, trainer, folds=folds, class_names=NAMES, val_fraction=0.2, log=None)
+    assert len(alive_at_load) == 5 and sum(len(r.predictions) for r in res.values()) == len(df)
+    # no earlier fold's network survives into a later fold, nor its variables, nor its traced graphs
+    # (TensorFlow's gradient registry kept every fold's training graph, and through it the weights)
     assert [a[0] for a in alive_at_load] == [0] * 5, alive_at_load
     assert [a[1:] for a in alive_at_load] == [alive_at_load[0][1:]] * 5, alive_at_load
     assert all(r() is None for r in refs)  # and none once the cross-validation is over
