@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -733,6 +734,19 @@ def release_memory(keep_custom_gradients: frozenset | None = None) -> None:
         sys.modules["keras"].backend.clear_session(free_memory=True)
     else:
         gc.collect()
+
+
+@contextmanager
+def training_released():
+    """``with training_released(): ...train a model...``: on leaving, release what the training
+    left behind (its model once nothing else refers to it, and TensorFlow's hold on its traced
+    graphs), as :func:`cross_validate` does between folds. For several configurations trained
+    one after the other in one kernel (notebook 05)."""
+    keep = _custom_gradients()
+    try:
+        yield
+    finally:
+        release_memory(keep)
 
 
 def _custom_gradients() -> frozenset:

@@ -639,3 +639,17 @@ def test_photo_caveats_carry_this_runs_numbers():
     assert "60% for age group (0, 2) (10 faces), 90% for (25, 32)" in text  # "unknown" is no age group
     assert "T = 1.20 (± 0.10)" in text and "3.4%" in text and "synthetic faces" in text
     assert "synthetic" not in "\n".join(ev.photo_caveats(rep, per_age, spread, 0.034, quick=False))
+
+
+def test_training_released_forgets_the_graphs_a_training_registered():
+    import keras
+
+    model = keras_tiny_vggface(classes=2)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    before = ev._custom_gradients()
+    with ev.training_released():
+        model.fit(x, np.arange(8) % 2, epochs=1, verbose=0)
+        assert len(ev._custom_gradients()) > len(before)  # TensorFlow registered the step's gradients
+    assert ev._custom_gradients() == before
+    model.predict(x, verbose=0)  # the model itself still works
