@@ -625,8 +625,8 @@ class CVResult:
 def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], np.ndarray],
                    *, folds: Iterable[int] = range(5), class_names: Sequence[str] | None = None,
                    val_fraction: float = 0.1, seed: int = 0, name: str = "model",
-                   store=None, max_seconds: float | None = None, fold_seconds_guess: float | None = None,
-                   log: Callable[[str], None] | None = print) -> CVResult:
+                   store=None, settings: Mapping | None = None, max_seconds: float | None = None,
+                   fold_seconds_guess: float | None = None, log: Callable[[str], None] | None = print) -> CVResult:
     """Subject-exclusive k-fold protocol: for each fold k, test on fold k, train on the others.
 
     ``df`` needs ``fold``, ``user_id`` and an integer ``label`` column (``helpers.data.apply_protocol``).
@@ -637,8 +637,9 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
 
     ``store`` (a folder) makes the run resumable fold by fold: each finished fold's predictions
     are written there (``fold_<k>.csv`` and ``fold_<k>.json``, atomically) and read back by a
-    later call with the same faces, split and classes instead of training again; a fold stored
-    for other faces is trained again, and the log says why. Between folds, whatever the last
+    later call with the same faces, split, classes and ``settings`` (a JSON-able description of
+    what is trained: plan, epochs, image size, weights...) instead of training again; a fold
+    stored for other faces or settings is trained again, and the log says why. Between folds, whatever the last
     fold's training left behind is released (:func:`release_memory`), so only one fold's model
     is alive at a time.
 
@@ -669,7 +670,7 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     started = time.perf_counter()
     for i, f in enumerate(folds):
         train, val, test = data.fold_split(df, f, val_fraction=val_fraction, seed=seed + f)
-        key = split_fingerprint(train, val, test, names)
+        key = split_fingerprint(train, val, test, names) + _settings_fingerprint(settings)
         stored = _read_fold(store, f, key, test, names, log=log) if store is not None else None
         guess = float(np.mean(trained)) if trained else fold_seconds_guess
         if stored is None and max_seconds is not None and guess is not None \
@@ -799,6 +800,14 @@ def split_fingerprint(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame
     return h.hexdigest()[:16]
 
 
+def _settings_fingerprint(settings: Mapping | None) -> str:
+    if not settings:
+        return ""
+    import hashlib
+
+    return "-" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _fold_paths(store, fold: int):
     from pathlib import Path
 
@@ -812,7 +821,8 @@ def _read_fold(store, fold: int, key: str, test: pd.DataFrame, names, log=None):
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("split") != key or list(meta.get("class_names", [])) != list(names):
         if log:
-            log(f"fold {fold}: the stored predictions in {csv_path.parent} are for other faces or classes: training again")
+            log(f"fold {fold}: the stored predictions in {csv_path.parent} are for other faces, classes or "
+                "settings: training again")
         return None
     stored = pd.read_csv(csv_path)
     probs = stored[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)

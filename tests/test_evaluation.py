@@ -432,6 +432,14 @@ def test_cross_validation_resumes_fold_by_fold_from_its_store(tmp_path):
     fresh = ev.cross_validate(df, share_of_women, class_names=NAMES, log=None)
     assert res.fold_accuracy == pytest.approx(fresh.fold_accuracy)
     pd.testing.assert_frame_equal(res.predictions, fresh.predictions)
+    # other settings (say, more epochs): trained again, not read back
+    calls.clear()
+    ev.cross_validate(df, share_of_women, folds=[0, 1], class_names=NAMES, store=tmp_path / "store",
+                      settings={"epochs": 3}, log=None)
+    assert calls == [0, 1]
+    ev.cross_validate(df, share_of_women, folds=[0, 1], class_names=NAMES, store=tmp_path / "store",
+                      settings={"epochs": 3}, log=None)
+    assert calls == [0, 1]  # ... and read back under the same settings
     # other faces (u03 left out: every fold's training or test set changes): every fold trains again
     calls.clear()
     lines.clear()
