@@ -8,7 +8,8 @@ and the miniature one of quick mode.
 
 The two figures that tell the story, ``group_shares`` and ``plot_layer_table``, contrast where
 the parameters live (the fully connected layers) with where the compute is (the convolutions).
-``filter_grid`` and ``feature_map_grid`` turn first-layer kernels and feature maps into images.
+``filter_grid`` and ``feature_map_grid`` turn first-layer kernels and feature maps into images;
+``channel_maxima`` and ``top_activating`` find the faces that excite a channel most.
 """
 from __future__ import annotations
 
@@ -217,6 +218,61 @@ def feature_map_grid(maps: np.ndarray, *, max_maps: int = 64, pad: int = 1,
     lo = tiles.min(axis=(1, 2), keepdims=True)
     tiles = (tiles - lo) / np.maximum(hi - lo, 1e-12)
     return _tile(tiles[..., None], pad=pad, columns=columns, fill=np.nan)[..., 0]
+
+
+def channel_maxima(model, layers, images, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """For each layer in ``layers``, each image's strongest response per channel: (N, C).
+
+    The maps are reduced inside the model (a global max pooling per layer), so many faces at
+    full size cost (N, C) numbers per layer, not (N, H, W, C).
+    """
+    import keras
+
+    layers = list(layers)
+    outputs = []
+    for name in layers:
+        out = model.get_layer(name).output
+        if len(out.shape) == 4:
+            out = keras.layers.GlobalMaxPooling2D(name=f"{name}_max")(out)
+        elif len(out.shape) != 2:
+            raise ValueError(f"layer {name!r} has output shape {tuple(out.shape)}; expected (H, W, C) maps or (C,) units")
+        outputs.append(out)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a tensor in, not a list of one
+    reducer = keras.Model(inputs, outputs, name="channel_maxima")
+    images = np.asarray(images, dtype=np.float32)
+    parts: list[list[np.ndarray]] = [[] for _ in layers]
+    for start in range(0, len(images), int(batch_size)):
+        got = reducer(images[start:start + int(batch_size)], training=False)
+        got = got if isinstance(got, (list, tuple)) else [got]
+        for part, g in zip(parts, got):
+            part.append(keras.ops.convert_to_numpy(g))
+    return {name: np.concatenate(part) if part else np.zeros((0, 0), np.float32) for name, part in zip(layers, parts)}
+
+
+def top_activating(maxima: np.ndarray, *, n_channels: int = 6, k: int = 6, channels=None) -> pd.DataFrame:
+    """The images that excite each channel most: one row per (channel, rank).
+
+    ``maxima`` is (N, C) (``channel_maxima``). Channels are ``channels`` or the ``n_channels``
+    most selective ones: the largest spread (standard deviation) of their maxima across images,
+    a channel that fires for some faces and not others (a channel that is always on, or never,
+    says nothing about what it looks for). Columns: ``channel``, ``rank`` (0 = strongest),
+    ``image`` (row index into the images), ``activation``, ``selectivity``.
+    """
+    m = np.asarray(maxima, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"maxima must be (N images, C channels), got shape {m.shape}")
+    spread = m.std(axis=0)
+    if channels is None:
+        channels = np.argsort(-spread, kind="stable")[: int(n_channels)]
+    rows = []
+    for c in channels:
+        c = int(c)
+        if not 0 <= c < m.shape[1]:
+            raise ValueError(f"channel {c} out of range 0..{m.shape[1] - 1}")
+        order = np.argsort(-m[:, c], kind="stable")[: int(k)]
+        rows += [{"channel": c, "rank": r, "image": int(i), "activation": float(m[i, c]), "selectivity": float(spread[c])}
+                 for r, i in enumerate(order)]
+    return pd.DataFrame(rows, columns=["channel", "rank", "image", "activation", "selectivity"])
 
 
 # --- internals -------------------------------------------------------------------------------

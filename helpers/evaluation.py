@@ -21,8 +21,10 @@ they are tested on hand-checked examples without a network:
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -248,6 +250,34 @@ def choose_decision_rule(probs_val, y_val, cost, class_names: Sequence[str], pos
                         validation_cost=float(mean_costs[pick]))
 
 
+@dataclass
+class CostAnalysis:
+    """A decision rule chosen on validation faces for given error costs, and what it does on test faces."""
+
+    cost: np.ndarray
+    rule: DecisionRule
+    report: ConfusionReport  # the test faces under the chosen rule
+    test_cost: float  # mean cost per test face under the rule
+    argmax_cost: float  # ... under the plain argmax, for comparison
+
+
+def cost_analysis(probs_val, y_val, probs_test, y_test, class_names: Sequence[str],
+                  errors: Mapping[tuple[str, str], float] | None = None, positive: int = 1) -> CostAnalysis:
+    """Choose the rule of least mean cost on the validation faces (:func:`choose_decision_rule`)
+    and apply it to the test faces: notebook 06's "what errors cost" in one call.
+
+    ``errors`` maps (true, decided) class names to the cost of that error (1 where not given).
+    """
+    names = tuple(class_names)
+    cost = cost_matrix(names, errors)
+    p_test = _check_probs(probs_test, "probs_test")
+    y_test = _check_labels(y_test, len(names), n=len(p_test), name="y_test")
+    rule = choose_decision_rule(probs_val, y_val, cost, names, positive=positive)
+    decided = rule.predict(p_test)
+    return CostAnalysis(cost, rule, confusion_report(y_test, decided, names), expected_cost(y_test, decided, cost),
+                        expected_cost(y_test, p_test.argmax(axis=1), cost))
+
+
 def operating_point(y_true, scores, threshold: float, positive: int = 1) -> dict:
     """Where a threshold sits on the ROC and precision-recall curves."""
     y = np.asarray(y_true) == positive
@@ -343,6 +373,75 @@ def fit_temperature(logits_val, y_val, bounds: tuple[float, float] = (0.05, 20.0
     res = minimize_scalar(lambda log_t: negative_log_likelihood(apply_temperature(z, math.exp(log_t)), y),
                           bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-5})
     return float(math.exp(res.x))
+
+
+@dataclass
+class ChoiceSpread:
+    """How much a choice made on validation data moves when other people are drawn: the
+    estimate on the faces at hand and its user-bootstrap standard error and interval."""
+
+    estimate: float
+    se: float
+    low: float
+    high: float
+    n_faces: int
+    n_users: int
+    samples: np.ndarray
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3f} ± {self.se:.3f} (user-bootstrap SE, {self.n_faces} faces of {self.n_users} users)"
+
+
+def choice_spread(choose: Callable[[np.ndarray], float], users, *, n_boot: int = 200, level: float = 0.95,
+                  seed: int = 0) -> ChoiceSpread:
+    """Bootstrap a choice made on validation data by resampling its users.
+
+    ``choose(rows)`` makes the choice (a threshold, a temperature) from the validation rows
+    ``rows`` (integer positions, repeated as drawn); it is called once on all rows and
+    ``n_boot`` times on resampled users (all faces of each drawn user).
+    """
+    codes, uniq = pd.factorize(pd.Series(list(users)), sort=True)
+    if (codes < 0).any():
+        raise ValueError("user ids must not be missing: a face without a user cannot be resampled by user")
+    rows_of = [np.flatnonzero(codes == u) for u in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    estimate = float(choose(np.arange(len(codes))))
+    samples = np.array([float(choose(np.concatenate([rows_of[u] for u in rng.integers(0, len(uniq), len(uniq))])))
+                        for _ in range(int(n_boot))])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(samples, [alpha, 1 - alpha]) if len(samples) else (np.nan, np.nan)
+    return ChoiceSpread(estimate, float(samples.std(ddof=1)) if len(samples) > 1 else float("nan"),
+                        float(low), float(high), len(codes), len(uniq), samples)
+
+
+def threshold_spread(probs_val, y_val, users, cost, class_names: Sequence[str], positive: int = 1, **boot) -> ChoiceSpread:
+    """The cost-optimal threshold on P(positive) and how noisy it is (two classes)."""
+    p = _check_probs(probs_val, "probs_val")
+    y = _check_labels(y_val, p.shape[1], n=len(p), name="y_val")
+    if p.shape[1] != 2:
+        raise ValueError("a threshold exists for two classes only; with more, the Bayes rule has nothing to fit")
+    return choice_spread(lambda r: choose_decision_rule(p[r], y[r], cost, class_names, positive).threshold, users, **boot)
+
+
+def temperature_spread(logits_val, y_val, users, **boot) -> ChoiceSpread:
+    """The fitted temperature (:func:`fit_temperature`) and how noisy it is."""
+    z = np.asarray(logits_val, dtype=np.float64)
+    y = _check_labels(y_val, z.shape[1], n=len(z), name="y_val")
+    return choice_spread(lambda r: fit_temperature(z[r], y[r]), users, **boot)
+
+
+def temperature_sentence(spread: ChoiceSpread) -> str:
+    """What a fitted temperature says about the model, only as far as its uncertainty allows:
+    over- (or under-) confident only when T = 1 lies outside the bootstrap interval."""
+    t, lo, hi = spread.estimate, spread.low, spread.high
+    head = (f"The fitted temperature is T = {t:.2f} (user-bootstrap standard error {spread.se:.2f}, "
+            f"95% interval {lo:.2f}–{hi:.2f}, from {spread.n_faces} validation faces of {spread.n_users} users)")
+    if lo > 1.0:
+        return head + ": the model is over-confident as trained (T > 1 softens its probabilities)."
+    if hi < 1.0:
+        return head + ": the model is under-confident as trained (T < 1 sharpens its probabilities)."
+    return (head + ": T = 1 is inside the interval, so these faces cannot tell whether the model is over- "
+            "or under-confident; temperature scaling changes little.")
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -460,6 +559,34 @@ def gallery_indices(probs, y_true, k: int = 8) -> dict[str, np.ndarray]:
     }
 
 
+def photo_caveats(report: ConfusionReport, per_age: pd.DataFrame, temperature: "ChoiceSpread", ece_scaled: float,
+                  nouns: Mapping[str, str] | None = None, *, quick: bool) -> list[str]:
+    """What one prediction on a learner's photo can and cannot say, with this run's own numbers:
+    per-class recall on the test faces, the weakest and strongest age groups (``group_accuracy``
+    over the cross-validation), and how calibrated the probabilities are."""
+    nouns = {**CLASS_NOUNS, **(nouns or {})}
+    rec = report.per_class["recall"]
+    known = per_age[per_age["group"] != UNKNOWN_GROUP] if len(per_age) else per_age
+    lines = ["What this answer can say: which label the annotators of photos like the training faces would "
+             "most likely have given, and how often this model is right when it answers like this. On this "
+             "notebook's test faces it recognised " + ", ".join(f"{rec[c]:.0%} of {nouns.get(c, c)}" for c in rec.index)
+             + f" ({report.accuracy:.0%} overall)."]
+    if len(known):
+        worst, best = known.loc[known["accuracy"].idxmin()], known.loc[known["accuracy"].idxmax()]
+        lines.append(f"Its accuracy depends on who is in the photo: {worst['accuracy']:.0%} for age group {worst['group']} "
+                     f"({worst['n_faces']} faces), {best['accuracy']:.0%} for {best['group']} ({best['n_faces']} faces), "
+                     "over all five folds.")
+    lines.append(f"The probability is calibrated with T = {temperature.estimate:.2f} (± {temperature.se:.2f}); on the test "
+                 f"faces the calibrated confidence is off by {ece_scaled:.1%} on average (ECE): read 80% as "
+                 "\"right about four times in five on faces like these\", not as a fact about this person.")
+    lines.append("What it cannot say: anything about this person's gender identity (the labels are annotators' "
+                 "perceptions of photos, and the binary protocol has no answer for people who are neither); "
+                 "anything reliable for a photo unlike the training faces (another pose, lighting, age, or a crop placed by hand).")
+    if quick:
+        lines.append("And in quick mode, nothing about real faces at all: this model was trained on synthetic faces.")
+    return lines
+
+
 # ----------------------------------------------------------------------------- cross-validation
 
 
@@ -471,6 +598,11 @@ class CVResult:
     fold_accuracy: dict[int, float]
     predictions: pd.DataFrame  # the test rows of every fold with fold, label, pred, and p_<class>
     fold_seconds: dict[int, float] = field(default_factory=dict)
+    remaining: list[int] = field(default_factory=list)  # folds not run (a time budget ran out)
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -493,7 +625,8 @@ class CVResult:
 def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], np.ndarray],
                    *, folds: Iterable[int] = range(5), class_names: Sequence[str] | None = None,
                    val_fraction: float = 0.1, seed: int = 0, name: str = "model",
-                   log: Callable[[str], None] | None = print) -> CVResult:
+                   store=None, settings: Mapping | None = None, max_seconds: float | None = None,
+                   fold_seconds_guess: float | None = None, log: Callable[[str], None] | None = print) -> CVResult:
     """Subject-exclusive k-fold protocol: for each fold k, test on fold k, train on the others.
 
     ``df`` needs ``fold``, ``user_id`` and an integer ``label`` column (``helpers.data.apply_protocol``).
@@ -501,6 +634,20 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     ``train_and_predict(train_df, val_df, test_df)`` returns class probabilities for ``test_df``
     (shape ``(len(test_df), K)``). Validation users are carved from the training folds. A fold in
     which any user is in both training and test raises :class:`helpers.data.SubjectLeakError` before training.
+
+    ``store`` (a folder) makes the run resumable fold by fold: each finished fold's predictions
+    are written there (``fold_<k>.csv`` and ``fold_<k>.json``, atomically) and read back by a
+    later call with the same faces, split, classes and ``settings`` (a JSON-able description of
+    what is trained: plan, epochs, image size, weights...) instead of training again; a fold
+    stored for other faces or settings is trained again, and the log says why. Between folds, whatever the last
+    fold's training left behind is released (:func:`release_memory`), so only one fold's model
+    is alive at a time.
+
+    ``max_seconds`` (with ``store``) keeps one call within a time limit (a notebook runner's
+    cell limit): a fold is not started when the time spent plus one fold's time (the mean of the
+    folds trained so far, else ``fold_seconds_guess``) would pass it. The result then lists the
+    folds left in ``remaining``; the same call again (the next cell) reads back the finished
+    folds and trains the others.
     """
     from . import data
 
@@ -517,26 +664,183 @@ def cross_validate(df: pd.DataFrame, train_and_predict: Callable[[pd.DataFrame, 
     # Check every fold before the first (possibly long) training run.
     for f in folds:
         data.check_subject_exclusive(df[df["fold"] != f], df[df["fold"] == f], context=f"fold {f}")
-    accs, secs, parts = {}, {}, []
+    if max_seconds is not None and store is None:
+        raise ValueError("max_seconds needs a store: the folds left for later must find the finished ones")
+    accs, secs, parts, trained, remaining = {}, {}, [], [], []
+    started = time.perf_counter()
     for i, f in enumerate(folds):
         train, val, test = data.fold_split(df, f, val_fraction=val_fraction, seed=seed + f)
-        t0 = time.perf_counter()
-        probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
-        secs[f] = time.perf_counter() - t0
-        if probs.shape != (len(test), k):
-            raise ValueError(f"train_and_predict returned shape {probs.shape} for fold {f}; expected {(len(test), k)}")
+        key = split_fingerprint(train, val, test, names) + _settings_fingerprint(settings)
+        stored = _read_fold(store, f, key, test, names, log=log) if store is not None else None
+        guess = float(np.mean(trained)) if trained else fold_seconds_guess
+        if stored is None and max_seconds is not None and guess is not None \
+                and time.perf_counter() - started + guess > max_seconds:
+            remaining.append(f)
+            continue
+        if stored is not None:
+            probs, secs[f] = stored
+            how = "read back from an earlier run"
+        else:
+            t0 = time.perf_counter()
+            registered = _custom_gradients()
+            probs = _check_probs(train_and_predict(train, val, test), f"probabilities returned for fold {f}")
+            secs[f] = time.perf_counter() - t0
+            trained.append(secs[f])
+            how = f"in {secs[f]:.1f} s"
+            if probs.shape != (len(test), k):
+                raise ValueError(f"train_and_predict returned shape {probs.shape} for fold {f}; expected {(len(test), k)}")
         pred = probs.argmax(axis=1)
         accs[f] = float(np.mean(pred == test["label"].to_numpy()))
+        if store is not None and stored is None:
+            _write_fold(store, f, key, probs, names, accs[f], secs[f], name)
         out = test.copy()
         out["pred"] = pred
         for j, c in enumerate(names):
             out[f"p_{c}"] = probs[:, j]
         parts.append(out)
+        del probs
+        if stored is None:
+            release_memory(registered)  # the fold's model, optimizer and compiled functions, before the next fold
         if log:
             log(f"[{name}] fold {f} ({i + 1}/{len(folds)}): train {len(train)} faces / "
                 f"{train['user_id'].nunique()} users, val {len(val)}, test {len(test)}: "
-                f"accuracy {100 * accs[f]:.1f}% in {secs[f]:.1f} s")
-    return CVResult(name, accs, pd.concat(parts), secs)
+                f"accuracy {100 * accs[f]:.1f}% {how}")
+    if remaining and log:
+        log(f"[{name}] stopped before fold(s) {remaining} to stay within {max_seconds:.0f} s: "
+            "run the same call again (the next cell) to finish them; the finished folds are kept")
+    predictions = pd.concat(parts) if parts else df.iloc[:0].assign(pred=pd.Series(dtype=int))
+    return CVResult(name, accs, predictions, secs, remaining)
+
+
+def release_memory(keep_custom_gradients: frozenset | None = None) -> None:
+    """Free what finished training left behind before the next model is built.
+
+    A Keras model, its optimizer, its callbacks and its compiled functions refer to each other
+    (reference cycles), so dropping the last reference does not free them: Python's cycle
+    collector does, when it next runs, and with few but huge objects (a 580 MB VGG-Face, twice
+    that in Adam's moments) it may not run for several folds. ``keras.backend.clear_session``
+    also resets Keras' global state (layer names, TensorFlow's graph and kernel caches); models
+    still referenced elsewhere keep working.
+
+    With ``keep_custom_gradients`` (``_custom_gradients()`` taken before the training), the
+    gradient functions TensorFlow registered during that training are forgotten too: see
+    :func:`_forget_custom_gradients`, without which every fold's network stays in memory.
+    """
+    import gc
+    import sys
+
+    if keep_custom_gradients is not None:
+        _forget_custom_gradients(keep_custom_gradients)
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session(free_memory=True)
+    else:
+        gc.collect()
+
+
+@contextmanager
+def training_released():
+    """``with training_released(): ...train a model...``: on leaving, release what the training
+    left behind (its model once nothing else refers to it, and TensorFlow's hold on its traced
+    graphs), as :func:`cross_validate` does between folds. For several configurations trained
+    one after the other in one kernel (notebook 05)."""
+    keep = _custom_gradients()
+    try:
+        yield
+    finally:
+        release_memory(keep)
+
+
+def _custom_gradients() -> frozenset:
+    """Names in TensorFlow's gradient registry made by ``tf.custom_gradient`` (empty without TensorFlow)."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return frozenset()
+    from tensorflow.python.framework import ops  # private: see _forget_custom_gradients
+
+    return frozenset(n for n in ops.gradient_registry._registry if n.startswith("CustomGradient-"))
+
+
+def _forget_custom_gradients(keep: frozenset) -> int:
+    """Drop the ``tf.custom_gradient`` entries of TensorFlow's gradient registry not in ``keep``.
+
+    Why (issue 18): tracing Keras' training step (the optimizer's ``ReplicaContext.all_reduce``)
+    runs a ``tf.custom_gradient`` in graph mode, which registers a gradient function under a new
+    name in TensorFlow's global gradient registry and never removes it. That function's closure
+    holds the traced training graph, and the graph holds the model's variables: without this, each
+    fold kept its whole network (measured: +1.4 GB per fold at full size), whatever Python freed.
+    No public API removes registry entries, hence the private ``ops.gradient_registry``, here only.
+    An entry is read while a graph's gradient is being built, which is over once the fold's
+    training step has been traced, so dropping the fold's own entries after the fold is safe.
+    Returns how many entries were dropped.
+    """
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return 0
+    from tensorflow.python.framework import ops
+
+    registry = ops.gradient_registry._registry
+    gone = [n for n in registry if n.startswith("CustomGradient-") and n not in keep]
+    for name in gone:
+        del registry[name]
+    return len(gone)
+
+
+def split_fingerprint(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, class_names: Sequence[str]) -> str:
+    """A short hash of who is in each part of a split (user, face, image, label) and the classes:
+    equal fingerprints mean the same training problem, so stored results may be reused."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(list(class_names)).encode())
+    for part in (train, val, test):
+        cols = [c for c in ("user_id", "face_id", "path", "label") if c in part.columns]
+        rows = part[cols].astype(str).agg("|".join, axis=1) if cols else pd.Series([], dtype=str)
+        h.update(("\n".join(sorted(rows)) + "\x00").encode())
+    return h.hexdigest()[:16]
+
+
+def _settings_fingerprint(settings: Mapping | None) -> str:
+    if not settings:
+        return ""
+    import hashlib
+
+    return "-" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _fold_paths(store, fold: int):
+    from pathlib import Path
+
+    return Path(store) / f"fold_{fold}.csv", Path(store) / f"fold_{fold}.json"
+
+
+def _read_fold(store, fold: int, key: str, test: pd.DataFrame, names, log=None):
+    csv_path, meta_path = _fold_paths(store, fold)
+    if not (csv_path.is_file() and meta_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("split") != key or list(meta.get("class_names", [])) != list(names):
+        if log:
+            log(f"fold {fold}: the stored predictions in {csv_path.parent} are for other faces, classes or "
+                "settings: training again")
+        return None
+    stored = pd.read_csv(csv_path)
+    probs = stored[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)
+    if len(probs) != len(test):
+        return None
+    return _check_probs(probs, f"stored probabilities of fold {fold}"), float(meta.get("seconds", float("nan")))
+
+
+def _write_fold(store, fold: int, key: str, probs, names, accuracy: float, seconds: float, name: str) -> None:
+    from .course.fileio import atomic_path, write_json_atomic
+
+    csv_path, meta_path = _fold_paths(store, fold)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(csv_path) as tmp:
+        pd.DataFrame(probs, columns=[f"p_{c}" for c in names]).to_csv(tmp, index=False)
+    # the metadata last: a fold counts as finished only once both files are complete
+    write_json_atomic(meta_path, {"fold": int(fold), "split": key, "class_names": list(names), "name": name,
+                                  "accuracy": float(accuracy), "seconds": float(seconds)})
 
 
 def literature_table(results: Mapping[str, CVResult], *, on_adience: bool, note: str = "quick-mode synthetic") -> pd.DataFrame:
@@ -587,7 +891,7 @@ def fold_key(test: pd.DataFrame) -> tuple:
 def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequence[str], *,
                      make_plan: Callable[[object], object], image_size, run_root, batch_size: int = 32,
                      seed: int = 0, resize: str = "direct", patience: int = 3,
-                     initial_heads: Mapping[tuple, object] | None = None):
+                     initial_heads: Mapping[tuple, object] | None = None, keep_checkpoints: bool = False):
     """``train_and_predict`` for :func:`cross_validate`: the two-stage fine-tuning of
     ``helpers.finetune`` from a freshly loaded base network in every fold.
 
@@ -595,10 +899,19 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
     trained weights); ``make_plan(model)`` returns the ``FreezePlan`` for the model with its gender
     head. ``initial_heads`` (``head_on_features_trainer(...).heads``) gives a fold's head trained
     on cached features: the fold then starts from it and skips the head stage, as notebook 05
-    starts from notebook 04's head. Each fold trains in its own, emptied ``run_root/fold_<k>`` (stale checkpoints of an
-    earlier run must not be resumed into a different split).
+    starts from notebook 04's head.
+
+    Memory: one fold's model at a time. Before loading, the previous fold's model, optimizer and
+    compiled functions are released (:func:`release_memory`); nothing returned or kept here
+    refers to a fold's model (the test probabilities are a numpy array).
+
+    Resuming: each fold trains in ``run_root/fold_<k>-<hash>``, the hash naming its faces, plan,
+    image size and seed (``finetune.run_directory``): an interrupted fold resumes after its last
+    finished epoch when the same cell runs again, and an earlier run on another split is never
+    resumed into this one. The test faces are predicted with the best epoch's weights
+    (``best.keras``, chosen on the validation faces). Once predicted, the fold's checkpoints are
+    deleted unless ``keep_checkpoints`` (at full size they are 1-2 GB per fold); the training log stays.
     """
-    import shutil
     from pathlib import Path
 
     from . import finetune, pipeline, vggface
@@ -606,9 +919,8 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
     def train_and_predict(train, val, test):
         if len(val) == 0:
             raise ValueError("fine-tuning needs validation faces (checkpoint and early stopping): use val_fraction > 0")
+        release_memory()  # whatever an earlier fold (or cell) left behind, before 580 MB more
         key = fold_key(test)
-        run_dir = Path(run_root) / f"fold_{'_'.join(str(f) for f in key)}"
-        shutil.rmtree(run_dir, ignore_errors=True)
         finetune.set_seeds(seed)
         model = vggface.replace_head(load_base(), class_names=list(class_names), seed=seed)
         plan = make_plan(model)
@@ -616,14 +928,44 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
         if head is not None:
             finetune.copy_head_weights(head, model)
             plan = plan.replace(head_epochs=0)
+        run_dir = finetune.run_directory(
+            run_root, f"fold_{'_'.join(str(f) for f in key)}",
+            split=split_fingerprint(train, val, test, class_names), plan=plan.to_dict(),
+            image_size=list(image_size), resize=resize, batch_size=batch_size, seed=seed,
+            initial_head=head is not None)
         opts = dict(image_size=image_size, resize=resize, batch_size=batch_size)
         train_ds = pipeline.make_dataset(train, root, training=True, shuffle_seed=seed, **opts)
         val_ds = pipeline.make_dataset(val, root, training=False, **opts)
-        finetune.train_two_stage(model, train_ds, val_ds, plan, run_dir=run_dir, patience=patience,
-                                 tensorboard=False, verbose=0)
-        return model.predict(pipeline.make_dataset(test, root, training=False, labels=False, **opts), verbose=0)
+        run = finetune.train_two_stage(model, train_ds, val_ds, plan, run_dir=run_dir, patience=patience,
+                                       tensorboard=False, verbose=0)
+        if run.best_path.is_file():
+            model.load_weights(run.best_path)  # into the same model: no second copy of the network
+        probs = model.predict(pipeline.make_dataset(test, root, training=False, labels=False, **opts), verbose=0)
+        if not keep_checkpoints:
+            prune_run(run_dir)
+        return probs
 
     return train_and_predict
+
+
+def prune_run(run_dir) -> list:
+    """Delete a finished run's checkpoints (``*.keras``, ``*.weights.h5``, ``backup/``), keeping
+    its ``training_log.csv``; ``stages.json`` goes too, since it points at deleted weights.
+    Returns what was deleted."""
+    import shutil
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    gone = []
+    for path in [*run_dir.glob("*.keras"), *run_dir.glob("*.weights.h5"), run_dir / "stages.json", run_dir / "backup"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+        else:
+            continue
+        gone.append(path)
+    return gone
 
 
 # ----------------------------------------------------------------------------- what notebooks 04 and 05 left behind
@@ -631,28 +973,20 @@ MODEL_FILES = (("fine-tuned model of notebook 05", "finetuned_best.keras"),
                ("head-only model of notebook 04", "head_only.keras"))
 
 
-def split_from_summary(df: pd.DataFrame, summary: Mapping, seed: int = 0):
-    """The (train, val, test) split notebooks 04/05 trained on, as ``finetune_summary.json`` names it.
+def split_from_summary(df: pd.DataFrame, summary: Mapping | None, seed: int = 0):
+    """The (train, val, test) split notebooks 04/05 trained on, as ``finetune_summary.json``
+    (``helpers.finetune.read_summary``) names it; without a summary (a fresh runtime), the split
+    notebook 05 would make: ``finetune.make_split(df, "case_study", seed=seed)``.
+    Returns ``(split, description)``."""
+    from . import finetune
 
-    Understood: ``{"split": {"test_fold": k, "val_fraction": v, "seed": s}}`` (``data.fold_split``)
-    or ``{"split": "case_study"}`` / no summary (``data.case_study_split``: train fold 0, test fold 1).
-    Returns ``(split, description)``.
-    """
-    from . import data
-
-    spec = summary.get("split", "case_study") if summary else "case_study"
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    spec = dict(spec)
-    val_fraction = float(spec.get("val_fraction", summary.get("val_fraction", 0.1) if summary else 0.1))
-    seed = int(spec.get("seed", summary.get("seed", seed) if summary else seed))
-    if spec.get("test_fold") is not None:
-        k = int(spec["test_fold"])
-        return data.fold_split(df, k, val_fraction=val_fraction, seed=seed), f"test fold {k}, train on the others"
-    if spec.get("kind", "case_study") != "case_study":
-        raise ValueError(f"finetune_summary.json names a split {spec!r} this notebook does not know: "
-                         "expected 'case_study' or {'test_fold': k}")
-    return data.case_study_split(df, val_fraction=val_fraction, seed=seed), "the case study's (train fold 0, test fold 1)"
+    if summary:
+        split, spec = finetune.split_from_summary(df, summary), dict(summary["split"])
+    else:
+        split, spec = finetune.make_split(df, "case_study", seed=seed)
+    if spec["kind"] == "fold":
+        return split, f"test fold {spec['test_fold']}, train on the others"
+    return split, "the case study's (train fold 0, test fold 1, validation users from folds 2-4)"
 
 
 def load_trained_model(models_dir, class_names: Sequence[str], image_size) -> tuple[object | None, str]:
@@ -687,41 +1021,17 @@ def load_trained_model(models_dir, class_names: Sequence[str], image_size) -> tu
     return None, "; ".join(reasons)
 
 
-# Names notebook 05 may give its configurations, and the layer group each trains from.
-_CONFIG_BLOCKS = {"head_only": "head", "head": "head", "last_block": "block5", "block5": "block5",
-                  "last_block_head": "block5", "everything": 1, "all": 1, "full": 1}
+def best_finetune_config(summary: Mapping | None, default: str | int = "block5") -> dict:
+    """The fine-tuning configuration to cross-validate: ``{"name", "from_block"}``.
 
-
-def best_finetune_config(summary: Mapping, default: str | int = "block5") -> dict:
-    """The fine-tuning configuration to cross-validate: ``{"name", "from_block", ...}``.
-
-    Reads ``summary["best"]`` (a configuration name, or a dict with ``from_block``), looking the
-    name up in ``summary["configs"]`` when it is there. When notebook 05 found head-only best (or
-    left no summary), the best fine-tuning configuration is the best one that trains more than the
-    head, else ``default``.
+    Notebook 05's best configuration (chosen on validation accuracy) when it trains more than
+    the head; when head-only won, the best of the others; without a summary, ``default``.
     """
-    configs = dict(summary.get("configs", {})) if summary else {}
-
-    def resolve(name, spec):
-        spec = dict(spec) if isinstance(spec, Mapping) else {}
-        block = spec.get("from_block", spec.get("block", _CONFIG_BLOCKS.get(str(name))))
-        return {**spec, "name": str(name), "from_block": block} if block is not None else None
-
-    candidates = []
-    best = summary.get("best") if summary else None
-    if isinstance(best, Mapping):
-        candidates.append(resolve(best.get("name", "best"), best))
-    elif best is not None:
-        candidates.append(resolve(best, configs.get(best, {})))
-    def score(spec):  # chosen on validation, as notebook 05 chooses; test accuracy only if nothing else
-        spec = spec if isinstance(spec, Mapping) else {}
-        return float(spec.get("val_accuracy", spec.get("test_accuracy", 0.0)) or 0.0)
-
-    ranked = sorted(configs.items(), key=lambda kv: -score(kv[1]))
-    candidates += [resolve(n, s) for n, s in ranked]
-    for c in candidates:
-        if c is not None and c["from_block"] != "head":
-            return c
+    configs = dict(summary["configs"]) if summary else {}
+    ranked = sorted(configs, key=lambda n: (n != summary["best"], -float(configs[n]["val_accuracy"] or 0.0)))
+    for name in ranked:
+        if configs[name]["from_block"] != "head":
+            return {"name": name, "from_block": configs[name]["from_block"]}
     return {"name": f"from_{default}" if isinstance(default, str) else f"from_block{default}", "from_block": default}
 
 

@@ -728,3 +728,157 @@ def estimate_stage_seconds(model: keras.Model, images, labels, *, trainable: Ite
     for _ in range(int(timed_steps)):
         copy.train_on_batch(images, labels)
     return (time.perf_counter() - start) / int(timed_steps) * int(steps_per_epoch)
+
+
+# ============================================================================ the split, and what 05 leaves for 06
+
+# The case study trains on fold 0 and tests on fold 1. Its validation set decides the best epoch,
+# the best configuration (and, in notebook 06, a threshold and a temperature), so it must be large
+# enough for those decisions: whole users drawn from folds 2-4, which share nobody with either.
+# A quarter of those folds: >= ~150 faces in quick mode (a standard error of <= 3 points), ~2,600
+# in full mode (a quarter of a training epoch's cost), and fold 0 stays whole for training.
+CASE_STUDY_TRAIN_FOLDS = (0,)
+CASE_STUDY_TEST_FOLD = 1
+CASE_STUDY_VAL_FOLDS = (2, 3, 4)
+CASE_STUDY_VAL_FRACTION = 0.25
+FOLD_VAL_FRACTION = 0.1
+SPLIT_KINDS = ("case_study", "fold")
+
+SUMMARY_SCHEMA = 1
+SUMMARY_FILE = "finetune_summary.json"
+SUMMARY_KEYS = ("schema", "best", "configs", "split", "protocol", "class_names", "image_size", "resize",
+                "mode", "seed")
+CONFIG_KEYS = ("from_block", "val_accuracy", "test_accuracy", "epoch_seconds", "trainable_params",
+               "estimated_memory_bytes", "peak_memory_bytes", "epochs_run")
+
+
+def make_split(df: pd.DataFrame, kind: str = "case_study", *, seed: int = 0, test_fold: int | None = None,
+               val_folds: Sequence[int] | None = None, val_fraction: float | None = None,
+               train_folds: Sequence[int] | None = None):
+    """The (train, val, test) split notebooks 04 and 05 train on, and its description.
+
+    ``"case_study"``: train on fold 0, test on fold 1, validation = whole users drawn (seeded) from
+    folds 2-4 until they hold ``val_fraction`` (0.25) of those folds' faces. ``"fold"``: test on
+    ``test_fold``, train on the other folds, validation carved by user from training
+    (``val_fraction`` 0.1, ``data.fold_split``). Returns ``(data.Split, spec)``; ``spec`` is the
+    ``split`` entry of ``finetune_summary.json`` and ``make_split(df, **spec)`` gives the same split.
+    """
+    from . import data
+
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f"unknown split kind {kind!r}: expected one of {SPLIT_KINDS}")
+    if "fold" not in df or df["fold"].isna().all():
+        raise ValueError("the faces have no folds (a folder, CSV or UTKFace reader leaves fold empty): "
+                         "call helpers.data.assign_folds(df) first")
+    seed = int(seed)
+    if kind == "fold":
+        if test_fold is None:
+            raise ValueError("a 'fold' split needs test_fold")
+        fraction = FOLD_VAL_FRACTION if val_fraction is None else float(val_fraction)
+        split = data.fold_split(df, int(test_fold), val_fraction=fraction, seed=seed)
+        spec = {"kind": "fold", "test_fold": int(test_fold), "val_fraction": fraction, "seed": seed}
+        return split, spec
+    train_folds = [int(f) for f in (CASE_STUDY_TRAIN_FOLDS if train_folds is None else train_folds)]
+    test_fold = CASE_STUDY_TEST_FOLD if test_fold is None else int(test_fold)
+    val_folds = [int(f) for f in (CASE_STUDY_VAL_FOLDS if val_folds is None else val_folds)]
+    fraction = CASE_STUDY_VAL_FRACTION if val_fraction is None else float(val_fraction)
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {fraction}")
+    roles = [*train_folds, test_fold, *val_folds]
+    if len(set(roles)) != len(roles):
+        raise ValueError(f"train folds {train_folds}, test fold {test_fold} and validation folds {val_folds} "
+                         "must not overlap")
+    present = set(int(f) for f in df["fold"].dropna().unique())
+    missing = sorted(set(roles) - present)
+    if missing:
+        raise ValueError(f"the case-study split needs folds {sorted(roles)}; the faces have no fold(s) {missing} "
+                         f"(folds present: {sorted(present)})")
+    pool = df.loc[df["fold"].isin(val_folds)]
+    _, val = data.carve_validation(pool, fraction, seed)
+    split = data.Split(df.loc[df["fold"].isin(train_folds)].copy(), val,
+                       df.loc[df["fold"] == test_fold].copy())
+    data.check_subject_exclusive(*split, context="the case-study split")
+    spec = {"kind": "case_study", "train_folds": train_folds, "test_fold": test_fold, "val_folds": val_folds,
+            "val_fraction": fraction, "seed": seed}
+    return split, spec
+
+
+def split_from_summary(df: pd.DataFrame, summary: Mapping):
+    """The split a summary (``read_summary``) names, reproduced on ``df``: a ``data.Split``."""
+    return make_split(df, **summary["split"])[0]
+
+
+def _check_from_block(name: str, value) -> None:
+    ok = (isinstance(value, str) and bool(value)) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1) \
+        or (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value))
+    if not ok:
+        raise ValueError(f"configuration {name!r}: from_block must be a layer group name ('head', 'block5'), "
+                         f"a group number 1.., or a list of layer names; got {value!r}")
+
+
+def _check_summary(summary: Mapping, where: str) -> None:
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    extra = [k for k in summary if k not in SUMMARY_KEYS]
+    if missing or extra:
+        raise ValueError(f"{where}: a fine-tuning summary has exactly the keys {list(SUMMARY_KEYS)}; "
+                         f"missing {missing}, unexpected {extra}")
+    configs = summary["configs"]
+    if not isinstance(configs, Mapping) or not configs:
+        raise ValueError(f"{where}: 'configs' must map configuration names to their numbers, got {configs!r}")
+    for name, config in configs.items():
+        missing = [k for k in CONFIG_KEYS if k not in config]
+        extra = [k for k in config if k not in CONFIG_KEYS]
+        if missing or extra:
+            raise ValueError(f"{where}: configuration {name!r} has exactly the keys {list(CONFIG_KEYS)}; "
+                             f"missing {missing}, unexpected {extra}")
+        _check_from_block(name, config["from_block"])
+    if summary["best"] not in configs:
+        raise ValueError(f"{where}: best configuration {summary['best']!r} is not among {list(configs)}")
+    split = summary["split"]
+    if not isinstance(split, Mapping) or split.get("kind") not in SPLIT_KINDS:
+        raise ValueError(f"{where}: 'split' must be a dict whose kind is one of {SPLIT_KINDS}, got {split!r}")
+
+
+def write_summary(path, *, best: str, configs: Mapping[str, Mapping], split: Mapping, protocol: str,
+                  class_names: Sequence[str], image_size: Sequence[int], resize: str, mode: str,
+                  seed: int) -> Path:
+    """Write ``finetune_summary.json`` (notebook 05 -> notebook 06), atomically, in schema ``SUMMARY_SCHEMA``.
+
+    ``configs``: name -> the ``CONFIG_KEYS`` (``peak_memory_bytes`` None where not measured);
+    ``best``: the configuration chosen on validation; ``split``: ``make_split``'s spec.
+    """
+    from .course import results
+    from .course.fileio import write_json_atomic
+
+    summary = {"schema": SUMMARY_SCHEMA, "best": str(best),
+               "configs": {str(n): dict(c) for n, c in configs.items()},
+               "split": dict(split), "protocol": str(protocol), "class_names": [str(c) for c in class_names],
+               "image_size": [int(v) for v in image_size], "resize": str(resize), "mode": str(mode),
+               "seed": int(seed)}
+    summary = results.to_jsonable(summary)
+    _check_summary(summary, str(path))
+    return write_json_atomic(path, summary, allow_nan=False)
+
+
+def read_summary(path) -> dict | None:
+    """``finetune_summary.json`` as a dict with exactly ``SUMMARY_KEYS``, or None.
+
+    None when the file does not exist, or when it was written in another schema (an older
+    course version): a line says so, and the caller proceeds as without a summary. A file in
+    this schema that is broken raises ``ValueError`` naming the file and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rerun notebook 05") from exc
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    if summary.get("schema") != SUMMARY_SCHEMA:
+        print(f"{path} was written in schema {summary.get('schema')!r}, this course reads schema "
+              f"{SUMMARY_SCHEMA}: ignored (rerun notebook 05 to rewrite it)")
+        return None
+    _check_summary(summary, str(path))
+    return summary

@@ -60,15 +60,35 @@ def plot_roc_pr(curves: dict, point: dict | None = None, axes=None, label: str =
 
 
 def plot_reliability(tables: dict[str, pd.DataFrame], ax=None):
-    """Reliability diagram: accuracy against confidence per bin, one line per named table."""
-    fig, ax = _axes(ax, size=(4.5, 4.2))
+    """Reliability diagram: accuracy against confidence per bin, one line per named table, and
+    below it how many faces fall in each bin (a point that stands for three faces says little).
+
+    With ``ax`` given (one axes) the counts are written beside the points instead.
+    """
+    if ax is None:
+        fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
+    else:
+        fig, ax_n = ax.figure, None
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    for name, t in tables.items():
-        filled = t[t["count"] > 0]
-        ax.plot(filled["confidence"], filled["accuracy"], "o-", label=name)
     lo = min(float(t.loc[t["count"] > 0, "bin_lo"].min()) for t in tables.values())
-    ax.set(xlim=(lo, 1.0), ylim=(lo, 1.0), xlabel="confidence (top class)", ylabel="accuracy", title="reliability diagram")
+    width = (1.0 - lo) / max(len(next(iter(tables.values()))), 1) / (len(tables) + 1)
+    for i, (name, t) in enumerate(tables.items()):
+        filled = t[t["count"] > 0]
+        line, = ax.plot(filled["confidence"], filled["accuracy"], "o-", label=name)
+        if ax_n is None:
+            for _, row in filled.iterrows():
+                ax.annotate(f"n={int(row['count'])}", (row["confidence"], row["accuracy"]), fontsize=7,
+                            xytext=(3, -9 - 8 * i), textcoords="offset points", color=line.get_color())
+        else:
+            centres = (t["bin_lo"] + t["bin_hi"]) / 2
+            ax_n.bar(centres + (i - (len(tables) - 1) / 2) * width, t["count"], width=width,
+                     color=line.get_color(), label=name)
+    ax.set(xlim=(lo, 1.0), ylim=(lo, 1.0), ylabel="accuracy", title="reliability diagram")
     ax.legend(fontsize=8)
+    if ax_n is not None:
+        ax_n.set(xlabel="confidence (top class)", ylabel="faces per bin")
+    else:
+        ax.set_xlabel("confidence (top class)")
     fig.tight_layout()
     return fig
 
@@ -107,6 +127,65 @@ def face_gallery(images: np.ndarray, captions: Sequence[str], title: str = "", n
         ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
         ax.set_title(cap, fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def top_activating_grid(images: np.ndarray, top: pd.DataFrame, title: str = ""):
+    """One row per channel of ``architecture.top_activating``: its strongest faces, left to right,
+    each captioned with its activation (one shared scale per row: the values are comparable)."""
+    channels = list(dict.fromkeys(top["channel"]))
+    k = int(top["rank"].max()) + 1 if len(top) else 0
+    if not channels or k == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}: no channel", ha="center", va="center")
+        return fig
+    fig, axes = plt.subplots(len(channels), k, figsize=(1.3 * k + 0.8, 1.45 * len(channels)), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    for r, c in enumerate(channels):
+        rows = top[top["channel"] == c].sort_values("rank")
+        for ax, (_, row) in zip(axes[r], rows.iterrows()):
+            ax.imshow(np.clip(images[int(row["image"])], 0, 255).astype(np.uint8))
+            ax.set_title(f"{row['activation']:.3g}", fontsize=7, pad=2)
+        axes[r, 0].set_ylabel(f"channel {c}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def photo_prediction(image: np.ndarray, box, face: np.ndarray, probs: dict, calibrated: dict,
+                     detections: Sequence = (), title: str = ""):
+    """The photo with the square used (and any detected faces), the crop as the model sees it,
+    and the class probabilities as trained and after temperature scaling."""
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.3, 1, 1.2]})
+    axes[0].imshow(image)
+    for l, t, r, b in detections:
+        axes[0].add_patch(Rectangle((l, t), r - l, b - t, fill=False, ec="yellow", lw=1, ls="--"))
+    left, top, side = box
+    axes[0].add_patch(Rectangle((left, top), side, side, fill=False, ec="red", lw=2))
+    axes[0].set_title(title or "the photo (red: the crop; dashed: detected faces)", fontsize=9)
+    axes[1].imshow(np.clip(face, 0, 255).astype(np.uint8))
+    axes[1].set_title(f"what the model sees ({face.shape[1]}×{face.shape[0]})", fontsize=9)
+    for ax in axes[:2]:
+        ax.axis("off")
+    names = list(probs)
+    y = np.arange(len(names))
+    axes[2].barh(y - 0.2, [probs[n] for n in names], height=0.4, color="#bdbdbd", label="as trained")
+    axes[2].barh(y + 0.2, [calibrated[n] for n in names], height=0.4,
+                 color=[PALETTE.get(n, "#3182bd") for n in names], label="calibrated (temperature)")
+    for yi, n in zip(y, names):
+        axes[2].text(min(calibrated[n] + 0.02, 0.85), yi + 0.2, f"{calibrated[n]:.0%}", va="center", fontsize=8)
+    axes[2].set_yticks(y, names)
+    axes[2].set(xlim=(0, 1), xlabel="probability", title="the model's answer")
+    axes[2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -1,17 +1,30 @@
 """ipywidgets panels over plain state objects, safe to use headless.
 
-A panel only EDITS a plain object (here a ``finetune.FreezePlan``) that the training functions
-take; a notebook executed without a browser (CI, the course runner) simply trains with the
-default object. ``show()`` displays the widget where a front end exists and always prints the
-panel's summary line, so the information is in the output either way.
+A panel only EDITS a plain object (a ``finetune.FreezePlan``, a cost table, a crop) or redraws a
+figure from one; a notebook executed without a browser (CI, the course runner) simply goes on
+with the default object, and draws the default figure outside the widget. ``show()`` displays
+the widget where a front end exists and always prints the panel's summary line, so the
+information is in the output either way.
+
+- :class:`FreezePanel` (notebook 05): which layers train, learning rates, epochs, memory.
+- :class:`LayerPicker` (notebook 02): a dropdown of layers, redrawing a figure per layer.
+- :class:`CostPanel` (notebook 06): a slider per kind of error, re-choosing the decision rule.
+- :class:`CropPanel` and :func:`uploaded_files` (notebook 06, "Try it on your own photo").
+
+Works with ipywidgets 7.7 (Colab's) and 8.x; the few differences between them (the value of
+``FileUpload``, ``tooltip``) are handled here, in one place.
 """
 from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
 
 import ipywidgets as w
 import keras
 
 from . import finetune
 from .finetune import FreezePlan
+
+IPYWIDGETS_MAJOR = int(w.__version__.split(".")[0])
 
 
 class FreezePanel:
@@ -124,3 +137,130 @@ class FreezePanel:
 
         display(self.widget)
         print(self.summary())
+
+
+# ============================================================================ ipywidgets 7 and 8
+
+def uploaded_files(upload) -> list[tuple[str, bytes]]:
+    """``[(file name, content bytes)]`` of a ``FileUpload`` widget, in either major version.
+
+    ipywidgets 7 holds ``{name: {"metadata": {...}, "content": bytes}}``; 8 holds a tuple of
+    ``{"name", "type", "size", "content": memoryview, "last_modified"}``.
+    """
+    value = upload.value
+    if isinstance(value, Mapping):  # ipywidgets 7
+        return [(str(name), bytes(item["content"])) for name, item in value.items()]
+    return [(str(item["name"]), bytes(item["content"])) for item in value]  # ipywidgets 8
+
+
+def _with_tooltip(widget, text: str):
+    """Set a hover text: ``description_tooltip`` in ipywidgets 7, ``tooltip`` in 8."""
+    setattr(widget, "tooltip" if IPYWIDGETS_MAJOR >= 8 else "description_tooltip", text)
+    return widget
+
+
+class _RedrawPanel:
+    """A control row above an Output area that a ``draw(**state)`` function redraws into."""
+
+    def __init__(self, controls: Sequence, draw: Callable[..., object]):
+        self.draw = draw
+        self.output = w.Output()
+        self.redraws = 0
+        self.widget = w.VBox([*controls, self.output])
+        for control in controls:
+            control.observe(self._redraw, names="value")
+
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    def _redraw(self, _change=None) -> None:
+        import matplotlib.pyplot as plt
+
+        self.redraws += 1
+        with self.output:
+            self.output.clear_output(wait=True)
+            self.last = self.draw(**self.state())
+            plt.show()
+
+    def show(self) -> None:
+        """Display the controls; the figure appears when a control moves (the default figure is
+        drawn by the notebook itself, outside the widget, so a headless run has it too)."""
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class LayerPicker(_RedrawPanel):
+    """Notebook 02's layer picker: a dropdown of layer names; ``draw(layer=name)`` redraws."""
+
+    def __init__(self, layers: Sequence[str], draw: Callable[..., object], value: str | None = None,
+                 description: str = "layer"):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("LayerPicker needs at least one layer name")
+        value = layers[-1] if value is None else value
+        if value not in layers:
+            raise ValueError(f"LayerPicker: {value!r} is not among the layers {layers}")
+        self.dropdown = w.Dropdown(options=layers, value=value, description=description)
+        super().__init__([self.dropdown], draw)
+
+    @property
+    def value(self) -> str:
+        return self.dropdown.value
+
+    def state(self) -> dict:
+        return {"layer": self.dropdown.value}
+
+
+class CostPanel(_RedrawPanel):
+    """Notebook 06's costs of errors: one slider per (true, decided) pair of different classes;
+    ``draw(errors={(true, decided): cost})`` re-chooses the rule and redraws."""
+
+    def __init__(self, class_names: Sequence[str], draw: Callable[..., object],
+                 nouns: Mapping[str, str] | None = None, max_cost: float = 10.0):
+        names = list(class_names)
+        nouns = dict(nouns or {})
+        self.sliders = {
+            (t, d): _with_tooltip(
+                w.FloatSlider(value=1.0, min=0.1, max=float(max_cost), step=0.1, continuous_update=False,
+                              description=f"{nouns.get(t, t)} as {nouns.get(d, d)}",
+                              style={"description_width": "initial"}, layout=w.Layout(width="420px")),
+                f"the cost of deciding {d!r} for a face whose true class is {t!r}")
+            for t in names for d in names if t != d}
+        super().__init__(list(self.sliders.values()), draw)
+
+    @property
+    def errors(self) -> dict[tuple[str, str], float]:
+        return {e: float(s.value) for e, s in self.sliders.items()}
+
+    def state(self) -> dict:
+        return {"errors": self.errors}
+
+
+class CropPanel(_RedrawPanel):
+    """A square crop of an image chosen by three sliders (centre x, centre y, side, in pixels);
+    ``draw(box=(left, top, side))`` redraws. Starts from ``box`` (a detected face) or the
+    largest centred square."""
+
+    def __init__(self, image_hw: tuple[int, int], draw: Callable[..., object], box: tuple[int, int, int] | None = None):
+        h, w_ = int(image_hw[0]), int(image_hw[1])
+        side = min(h, w_) if box is None else int(box[2])
+        left, top = ((w_ - side) // 2, (h - side) // 2) if box is None else (int(box[0]), int(box[1]))
+        self.hw = (h, w_)
+        slider = dict(continuous_update=False, style={"description_width": "initial"}, layout=w.Layout(width="420px"))
+        self.cx = w.IntSlider(value=left + side // 2, min=0, max=w_ - 1, description="centre x", **slider)
+        self.cy = w.IntSlider(value=top + side // 2, min=0, max=h - 1, description="centre y", **slider)
+        self.side = w.IntSlider(value=side, min=8, max=min(h, w_), description="side", **slider)
+        super().__init__([self.cx, self.cy, self.side], draw)
+
+    @property
+    def box(self) -> tuple[int, int, int]:
+        """(left, top, side) of the square, moved inside the image where the sliders point past it."""
+        h, w_ = self.hw
+        side = int(min(self.side.value, h, w_))
+        left = int(min(max(self.cx.value - side // 2, 0), w_ - side))
+        top = int(min(max(self.cy.value - side // 2, 0), h - side))
+        return left, top, side
+
+    def state(self) -> dict:
+        return {"box": self.box}

@@ -128,3 +128,32 @@ def test_style_and_plot(tiny_vggface):
     assert "conv5_3" in html and "activation_MB" in html
     axes = architecture.plot_layer_table(table)
     assert len(axes[0].patches) == 16  # 13 convolutions + fc6, fc7, fc8
+
+
+def test_channel_maxima_and_top_activating_faces_against_numpy(tiny_vggface):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers import plots
+    from helpers.vggface import feature_model
+
+    model = tiny_vggface
+    images = np.random.default_rng(0).uniform(0, 255, (70, 32, 32, 3)).astype(np.float32)  # > one batch
+    maxima = architecture.channel_maxima(model, ["conv5_3", "pool5", "fc7"], images, batch_size=16)
+    maps = [np.asarray(m) for m in feature_model(model, ["conv5_3", "pool5", "fc7"])(images, training=False)]
+    np.testing.assert_allclose(maxima["conv5_3"], maps[0].max(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maxima["pool5"], maps[1].max(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maxima["fc7"], maps[2], rtol=1e-5, atol=1e-6)
+    top = architecture.top_activating(maxima["conv5_3"], n_channels=3, k=4)
+    m = maxima["conv5_3"]
+    assert list(dict.fromkeys(top.channel)) == list(np.argsort(-m.std(axis=0), kind="stable")[:3])
+    for c, rows in top.groupby("channel"):
+        assert rows.sort_values("rank").image.tolist() == list(np.argsort(-m[:, c], kind="stable")[:4])
+    assert architecture.top_activating(m, channels=[1], k=2).image.tolist() == list(np.argsort(-m[:, 1])[:2])
+    with pytest.raises(ValueError, match="out of range"):
+        architecture.top_activating(m, channels=[99])
+    fig = plots.top_activating_grid(images, top, title="conv5_3")
+    assert len(fig.axes) == 12 and fig.axes[0].get_title() == f"{top.activation.iloc[0]:.3g}"
+    plt.close("all")

@@ -293,21 +293,31 @@ def test_head_on_features_trainer_learns_separable_features_per_fold():
         ev.head_on_features_trainer(df, feats[:-1], NAMES)
 
 
-def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
+def image_folds(root, n_users=10, faces=3, seed=1, size=32):
+    """folds_frame with a JPEG per face: women bright, men dark (a world the tiny network can learn)."""
     from PIL import Image
 
-    from helpers import finetune
-
-    df = folds_frame(n_users=10, faces=3, seed=1)
+    df = folds_frame(n_users=n_users, faces=faces, seed=seed)
     paths = []
-    for i, row in df.iterrows():  # women bright, men dark: a world the tiny network can learn
+    for i, row in df.iterrows():
         level = 200 if row.label == 1 else 50
-        img = np.clip(np.random.default_rng(i).normal(level, 20, (32, 32, 3)), 0, 255).astype("uint8")
+        img = np.clip(np.random.default_rng(i).normal(level, 20, (size, size, 3)), 0, 255).astype("uint8")
         rel = f"aligned/{row.user_id}/{row.face_id}.jpg"
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(tmp_path / rel)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / rel)
         paths.append(rel)
     df["path"] = paths
+    return df
+
+
+def block5_plan(model, finetune_epochs=1):
+    return ev.plan_for_config(model, {"from_block": "block5"}, head_epochs=1, finetune_epochs=finetune_epochs)
+
+
+def test_finetune_trainer_trains_afresh_per_split_resumes_its_own_and_prunes(tmp_path):
+    from helpers import finetune
+
+    df = image_folds(tmp_path)
     loads = []
 
     def load_base():
@@ -315,19 +325,128 @@ def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
         return keras_tiny_vggface(seed=len(loads))
 
     head = finetune.build_head(16, NAMES, seed=5)  # as if trained on fold 0's fc7 features
-    trainer = ev.finetune_trainer(
-        load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv", batch_size=8,
-        make_plan=lambda m: ev.plan_for_config(m, {"from_block": "block5"}, head_epochs=1, finetune_epochs=1),
-        initial_heads={(0,): head})
+    trainer = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv",
+                                  batch_size=8, make_plan=block5_plan, initial_heads={(0,): head},
+                                  keep_checkpoints=True)
     (tmp_path / "cv" / "fold_0").mkdir(parents=True)
-    (tmp_path / "cv" / "fold_0" / "stages.json").write_text('{"finetune": {}}')  # stale: must not be resumed
+    (tmp_path / "cv" / "fold_0" / "stages.json").write_text('{"finetune": {}}')  # another run's: never resumed
     res = ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.2, log=None)
     assert len(loads) == 1
     assert len(res.predictions) == int((df.fold == 0).sum())
-    assert (tmp_path / "cv" / "fold_0" / "best.keras").is_file()
-    stages = json.loads((tmp_path / "cv" / "fold_0" / "stages.json").read_text())
-    assert stages["finetune"]["epochs_run"] == 1  # trained anew, not the stale record
+    (run_dir,) = [d for d in (tmp_path / "cv").iterdir() if d.name.startswith("fold_0-")]
+    assert (run_dir / "best.keras").is_file()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["finetune"]["epochs_run"] == 1  # trained, not the other run's record
     assert "head" not in stages  # started from the fold's head: no head stage
+    # the same fold again (an interrupted cross-validation rerun): its finished stages are reused
+    log_before = (run_dir / "training_log.csv").read_text()
+    again = ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.2, log=None)
+    assert (run_dir / "training_log.csv").read_text() == log_before  # no epoch trained again
+    np.testing.assert_allclose(again.predictions[["p_m", "p_f"]], res.predictions[["p_m", "p_f"]], atol=1e-6)
+    # another split of the same fold trains in its own folder
+    ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.4, log=None)
+    assert len([d for d in (tmp_path / "cv").iterdir() if d.name.startswith("fold_0-")]) == 2
+    # by default a predicted fold's checkpoints are deleted, its training log kept
+    pruning = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv2",
+                                  batch_size=8, make_plan=block5_plan)
+    ev.cross_validate(df, pruning, folds=[1], class_names=NAMES, val_fraction=0.2, log=None)
+    (pruned,) = (tmp_path / "cv2").iterdir()
+    assert sorted(p.name for p in pruned.iterdir()) == ["training_log.csv"]
+
+
+def live_keras_objects():
+    """Keras models, variables and TensorFlow graphs still held, garbage in reference cycles
+    included (gc.get_objects lists what the cycle collector has not freed yet: memory in use).
+    A traced training graph holds its model's variables in TensorFlow even after Keras' own
+    Variable objects are gone, so the graphs are counted too."""
+    import gc
+
+    import keras
+    import tensorflow as tf
+
+    objs = gc.get_objects()
+    models = [o for o in objs if isinstance(o, keras.Model)]
+    values = sum(int(np.prod(o.shape)) for o in objs if isinstance(o, keras.Variable))
+    graphs = sum(isinstance(o, tf.Graph) for o in objs)
+    return len(models), values, graphs
+
+
+def test_cross_validation_keeps_one_fold_model_alive_and_memory_flat(tmp_path):
+    """Issue 18: each fold's model, optimizer and compiled functions are released before the
+    next fold loads its own, so what is alive when a fold starts does not grow with the folds."""
+    import weakref
+
+    df = image_folds(tmp_path, n_users=10)
+    outside = keras_tiny_vggface(seed=9)  # a model the notebook holds (the one it evaluated)
+    x = np.random.default_rng(0).uniform(0, 255, (40, 32, 32, 3)).astype("float32")
+    before = outside.predict(x, verbose=0)
+    refs, alive_at_load = [], []
+
+    def load_base():
+        alive_at_load.append((sum(r() is not None for r in refs), *live_keras_objects()))
+        model = keras_tiny_vggface(seed=len(refs))
+        refs.append(weakref.ref(model))
+        return model
+
+    from helpers import finetune
+
+    heads = {(f,): finetune.build_head(16, NAMES, seed=f) for f in range(5)}  # no head stage: faster
+    # two configurations one after the other in one kernel (as notebook 05 trains three): folds 0-2, then 3-4
+    res = {}
+    for name, folds, plan in (("block5", [0, 1, 2], block5_plan),
+                              ("fc", [3, 4], lambda m: ev.plan_for_config(m, {"from_block": "fc"}, finetune_epochs=1))):
+        trainer = ev.finetune_trainer(load_base, tmp_path, NAMES, image_size=(32, 32), run_root=tmp_path / "cv" / name,
+                                      batch_size=8, make_plan=plan, initial_heads=heads)
+        res[name] = ev.cross_validate(df, trainer, folds=folds, class_names=NAMES, val_fraction=0.2, log=None)
+    assert len(alive_at_load) == 5 and sum(len(r.predictions) for r in res.values()) == len(df)
+    # no earlier fold's network survives into a later fold, nor its variables, nor its traced graphs
+    # (TensorFlow's gradient registry kept every fold's training graph, and through it the weights)
+    assert [a[0] for a in alive_at_load] == [0] * 5, alive_at_load
+    assert [a[1:] for a in alive_at_load] == [alive_at_load[0][1:]] * 5, alive_at_load
+    assert all(r() is None for r in refs)  # and none once the cross-validation is over
+    # releasing Keras' global state between folds leaves a model held elsewhere working as before
+    np.testing.assert_allclose(outside.predict(x, verbose=0), before, rtol=1e-6)
+
+
+def test_cross_validation_resumes_fold_by_fold_from_its_store(tmp_path):
+    df = folds_frame(n_users=25, faces=3, seed=2)
+    calls = []
+
+    def share_of_women(train, val, test, fail_on=None):
+        f = int(test.fold.iloc[0])
+        if f == fail_on:
+            raise KeyboardInterrupt("the runtime disconnected")
+        calls.append(f)
+        p = float((train.label == 1).mean())
+        return np.tile([1 - p, p], (len(test), 1))
+
+    with pytest.raises(KeyboardInterrupt):
+        ev.cross_validate(df, lambda *a: share_of_women(*a, fail_on=3), class_names=NAMES,
+                          store=tmp_path / "store", log=None)
+    assert calls == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [f"fold_{f}.{e}" for f in range(3) for e in ("csv", "json")]
+    lines = []
+    res = ev.cross_validate(df, share_of_women, class_names=NAMES, store=tmp_path / "store", log=lines.append)
+    assert calls == [0, 1, 2, 3, 4]  # finished folds read back, the others trained
+    assert sum("read back" in line for line in lines) == 3
+    fresh = ev.cross_validate(df, share_of_women, class_names=NAMES, log=None)
+    assert res.fold_accuracy == pytest.approx(fresh.fold_accuracy)
+    pd.testing.assert_frame_equal(res.predictions, fresh.predictions)
+    # other settings (say, more epochs): trained again, not read back
+    calls.clear()
+    ev.cross_validate(df, share_of_women, folds=[0, 1], class_names=NAMES, store=tmp_path / "store",
+                      settings={"epochs": 3}, log=None)
+    assert calls == [0, 1]
+    ev.cross_validate(df, share_of_women, folds=[0, 1], class_names=NAMES, store=tmp_path / "store",
+                      settings={"epochs": 3}, log=None)
+    assert calls == [0, 1]  # ... and read back under the same settings
+    # other faces (u03 left out: every fold's training or test set changes): every fold trains again
+    calls.clear()
+    lines.clear()
+    ev.cross_validate(df[df.user_id != "u03"], share_of_women, folds=[0, 1, 2], class_names=NAMES,
+                      store=tmp_path / "store", log=lines.append)
+    assert calls == [0, 1, 2]
+    assert sum("for other faces" in line for line in lines) == 3
 
 
 # ----------------------------------------------------------------------------- figures
@@ -350,18 +469,51 @@ def test_evaluation_figures_show_the_numbers():
     table = ev.group_accuracy(y, [0, 0, 1, 1, 1], ["(0, 2)", "(0, 2)", "(4, 6)", None, None], list("abcde"), n_boot=20)
     fig = plots.plot_group_accuracy(table)
     assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([100.0, 0.0, 100.0])
+    probs, y = scores_frame(700, seed=5)
+    tables = {"as trained": ev.reliability_table(probs, y), "T=2": ev.reliability_table(
+        ev.apply_temperature(ev.logits_from_probs(probs), 2.0), y)}
+    fig = plots.plot_reliability(tables)
+    counts_axes = fig.axes[1]
+    heights = [p.get_height() for p in counts_axes.patches]
+    assert heights == [*tables["as trained"]["count"], *tables["T=2"]["count"]] and sum(heights) == 1400
+    conf = probs.max(axis=1)  # the bin counts, directly
+    assert tables["as trained"]["count"].tolist() == np.histogram(conf, bins=np.linspace(0, 1, 11))[0].tolist()
+    fig, ax = plt.subplots()
+    plots.plot_reliability(tables, ax=ax)
+    assert sum(t.get_text().startswith("n=") for t in ax.texts) == int((tables["as trained"]["count"] > 0).sum()
+                                                                       + (tables["T=2"]["count"] > 0).sum())
     plt.close("all")
 
 
 # ----------------------------------------------------------------------------- what notebooks 04/05 left behind
+def summary_of(best, configs, split):
+    """A summary as notebook 05 writes it (helpers.finetune.write_summary), read back."""
+    from helpers import finetune
+
+    full = {n: {"from_block": fb, "val_accuracy": va, "test_accuracy": 0.5, "epoch_seconds": 1.0,
+                "trainable_params": 10, "estimated_memory_bytes": 100, "peak_memory_bytes": None, "epochs_run": 1}
+            for n, (fb, va) in configs.items()}
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "finetune_summary.json"
+    finetune.write_summary(path, best=best, configs=full, split=split, protocol="binary", class_names=NAMES,
+                           image_size=(32, 32), resize="direct", mode="quick", seed=0)
+    return finetune.read_summary(path)
+
+
 def test_split_from_summary_reads_the_split_of_notebook_05():
-    df = folds_frame(n_users=25, faces=2)
-    split, how = ev.split_from_summary(df, {})
+    from helpers import finetune
+
+    df = folds_frame(n_users=40, faces=2)
+    split, how = ev.split_from_summary(df, None, seed=3)  # a fresh runtime: 05's own default split
+    expected, spec = finetune.make_split(df, "case_study", seed=3)
+    pd.testing.assert_frame_equal(split.val, expected.val)
     assert set(split.test.fold) == {1} and set(split.train.fold) == {0} and "case study" in how
-    split, how = ev.split_from_summary(df, {"split": {"test_fold": 3, "val_fraction": 0.2}})
+    _, spec = finetune.make_split(df, "fold", test_fold=3, val_fraction=0.2, seed=0)
+    split, how = ev.split_from_summary(df, summary_of("a", {"a": ("block5", 0.9)}, spec))
     assert set(split.test.fold) == {3} and set(split.train.fold) == {0, 1, 2, 4} and len(split.val)
-    with pytest.raises(ValueError, match="does not know"):
-        ev.split_from_summary(df, {"split": "random_images"})
+    assert how == "test fold 3, train on the others"
 
 
 def test_plan_for_config_accepts_a_block_or_a_list_of_layers():
@@ -373,18 +525,15 @@ def test_plan_for_config_accepts_a_block_or_a_list_of_layers():
 
 
 def test_best_finetune_config_never_returns_head_only():
-    summary = {"best": "head_only", "configs": {"head_only": {"test_accuracy": 0.9},
-                                                "everything": {"test_accuracy": 0.85},
-                                                "last_block": {"test_accuracy": 0.88}}}
-    assert ev.best_finetune_config(summary) == {"name": "last_block", "from_block": "block5", "test_accuracy": 0.88}
-    # notebook 05's own format: chosen on validation accuracy, from_block recorded per configuration
-    summary = {"best": "head_only", "configs": {"head_only": {"from_block": "head", "val_accuracy": 0.9},
-                                                "everything": {"from_block": 1, "val_accuracy": 0.89, "test_accuracy": 0.5},
-                                                "last_block": {"from_block": "block5", "val_accuracy": 0.8, "test_accuracy": 0.9}}}
-    assert ev.best_finetune_config(summary)["name"] == "everything"
-    assert ev.best_finetune_config({"best": "everything"})["from_block"] == 1
-    assert ev.best_finetune_config({"best": {"name": "mine", "from_block": "block4"}})["from_block"] == "block4"
-    assert ev.best_finetune_config({}) == {"name": "from_block5", "from_block": "block5"}
+    split = {"kind": "case_study", "seed": 0}
+    summary = summary_of("head_only", {"head_only": ("head", 0.9), "everything": (1, 0.89),
+                                       "last_block": ("block5", 0.8)}, split)
+    assert ev.best_finetune_config(summary) == {"name": "everything", "from_block": 1}  # best on validation
+    summary = summary_of("last_block", {"head_only": ("head", 0.9), "last_block": ("block5", 0.8),
+                                        "mine": (["fc7"], 0.85)}, split)
+    assert ev.best_finetune_config(summary) == {"name": "last_block", "from_block": "block5"}  # 05's choice
+    assert ev.best_finetune_config(summary_of("head_only", {"head_only": ("head", 0.9)}, split))["from_block"] == "block5"
+    assert ev.best_finetune_config(None) == {"name": "from_block5", "from_block": "block5"}
 
 
 def test_load_trained_model_prefers_finetuned_and_checks_classes(tmp_path):
@@ -399,3 +548,116 @@ def test_load_trained_model_prefers_finetuned_and_checks_classes(tmp_path):
     assert "head_only.keras" in how  # the fine-tuned file is three-class: not this protocol
     model, why = ev.load_trained_model(tmp_path, ("m", "f"), (64, 64))
     assert model is None and "takes (32, 32) images" in why
+
+
+# ----------------------------------------------------------------------------- notebook 06's analyses as helpers
+def scores_frame(n, seed):
+    """n faces with labels and noisy but informative P(f): more rows than any batch."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    pf = 1 / (1 + np.exp(-(2.0 * (2 * y - 1) + rng.normal(0, 1.5, n))))
+    return probs_from_pf(pf), y
+
+
+def test_cost_analysis_against_a_direct_numpy_computation():
+    probs_val, y_val = scores_frame(600, seed=1)
+    probs_test, y_test = scores_frame(900, seed=2)
+    out = ev.cost_analysis(probs_val, y_val, probs_test, y_test, NAMES, {("f", "m"): 3.0})
+    cost = np.array([[0.0, 1.0], [3.0, 0.0]])
+    np.testing.assert_array_equal(out.cost, cost)
+    # the threshold is the best of every threshold on the validation faces
+    grid = np.unique(probs_val[:, 1])
+    val_costs = [cost[y_val, (probs_val[:, 1] >= t).astype(int)].mean() for t in grid]
+    assert out.rule.validation_cost == pytest.approx(min(val_costs))
+    decided = (probs_test[:, 1] >= out.rule.threshold).astype(int)
+    assert out.test_cost == pytest.approx(cost[y_test, decided].mean())
+    assert out.argmax_cost == pytest.approx(cost[y_test, probs_test.argmax(1)].mean())
+    counts = np.array([[np.sum((y_test == i) & (decided == j)) for j in (0, 1)] for i in (0, 1)])
+    np.testing.assert_array_equal(out.report.counts.to_numpy(), counts)
+    assert out.rule.threshold < 0.5  # women taken for men cost more: decide "f" sooner
+    with pytest.raises(ValueError, match="probs_test"):
+        ev.cost_analysis(probs_val, y_val, probs_test[:, :1], y_test, NAMES)
+
+
+def test_choice_spread_matches_the_standard_error_of_a_mean_of_users():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(300), 3)  # 300 users with 3 faces each
+    values = np.repeat(rng.normal(0, 1, 300), 3) + rng.normal(0, 0.1, 900)
+    spread = ev.choice_spread(lambda rows: values[rows].mean(), users, n_boot=400, seed=1)
+    user_means = values.reshape(300, 3).mean(axis=1)
+    assert spread.estimate == pytest.approx(values.mean())
+    assert spread.se == pytest.approx(user_means.std(ddof=1) / np.sqrt(300), rel=0.15)
+    assert spread.low < spread.estimate < spread.high and (spread.n_faces, spread.n_users) == (900, 300)
+    # resampling images would claim about sqrt(3) times too small an error here
+    image_se = ev.choice_spread(lambda rows: values[rows].mean(), np.arange(900), n_boot=400, seed=1).se
+    assert image_se < 0.75 * spread.se
+
+
+def test_threshold_and_temperature_spreads_and_the_sentence_they_allow():
+    rng = np.random.default_rng(3)
+    n = 600
+    z = rng.normal(0, 2.5, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-z))).astype(int)  # calibrated logits: T = 1 fits
+    logits = np.stack([np.zeros(n), z], axis=1)
+    users = np.arange(n) // 2
+    over = ev.temperature_spread(3.0 * logits, y, users, n_boot=60)  # logits three times too large
+    assert over.estimate == pytest.approx(ev.fit_temperature(3.0 * logits, y))
+    assert over.low > 1.0 and "over-confident" in ev.temperature_sentence(over)
+    under = ev.temperature_spread(0.3 * logits, y, users, n_boot=60)
+    assert under.high < 1.0 and "under-confident" in ev.temperature_sentence(under)
+    unsure = ev.ChoiceSpread(1.03, 0.12, 0.85, 1.27, 150, 60, np.array([]))
+    text = ev.temperature_sentence(unsure)
+    assert "over-confident as" not in text and "cannot tell" in text and "150 validation faces" in text
+    spread = ev.threshold_spread(ev.apply_temperature(logits, 1.0), y, users, ev.cost_matrix(NAMES), NAMES, n_boot=60)
+    assert 0 < spread.se < 0.2 and spread.low <= spread.estimate <= spread.high
+    with pytest.raises(ValueError, match="two classes"):
+        ev.threshold_spread(np.full((4, 3), 1 / 3), [0, 1, 2, 0], [0, 1, 2, 3], ev.cost_matrix("mfu"), "mfu")
+
+
+def test_cross_validation_stops_within_a_time_budget_and_the_next_call_finishes(tmp_path):
+    import time as _time
+
+    df = folds_frame(n_users=25, faces=2, seed=4)
+    calls = []
+
+    def slow(train, val, test):
+        calls.append(int(test.fold.iloc[0]))
+        _time.sleep(0.3)
+        return np.tile([0.5, 0.5], (len(test), 1))
+
+    part = ev.cross_validate(df, slow, class_names=NAMES, store=tmp_path, max_seconds=0.5, log=None)
+    assert not part.complete and calls == [0] and part.remaining == [1, 2, 3, 4]
+    rest = ev.cross_validate(df, slow, class_names=NAMES, store=tmp_path, log=None)
+    assert rest.complete and calls == [0, 1, 2, 3, 4] and len(rest.predictions) == len(df)
+    guessed = ev.cross_validate(df, slow, class_names=NAMES, store=tmp_path / "other", max_seconds=1.0,
+                                fold_seconds_guess=5.0, log=None)
+    assert guessed.remaining == [0, 1, 2, 3, 4] and calls == [0, 1, 2, 3, 4]  # not even one fold fits
+    with pytest.raises(ValueError, match="needs a store"):
+        ev.cross_validate(df, slow, class_names=NAMES, max_seconds=10, log=None)
+
+
+def test_photo_caveats_carry_this_runs_numbers():
+    rep = ev.confusion_report([0, 0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 0, 1], NAMES)
+    per_age = pd.DataFrame({"group": ["(0, 2)", "(25, 32)", "unknown"], "n_faces": [10, 40, 3],
+                            "n_users": [4, 12, 2], "accuracy": [0.6, 0.9, 0.1], "low": [0.4, 0.8, 0.0],
+                            "high": [0.8, 1.0, 0.3]})
+    spread = ev.ChoiceSpread(1.2, 0.1, 1.0, 1.4, 150, 60, np.array([]))
+    text = "\n".join(ev.photo_caveats(rep, per_age, spread, 0.034, quick=True))
+    assert "75% of men, 80% of women (78% overall)" in text
+    assert "60% for age group (0, 2) (10 faces), 90% for (25, 32)" in text  # "unknown" is no age group
+    assert "T = 1.20 (± 0.10)" in text and "3.4%" in text and "synthetic faces" in text
+    assert "synthetic" not in "\n".join(ev.photo_caveats(rep, per_age, spread, 0.034, quick=False))
+
+
+def test_training_released_forgets_the_graphs_a_training_registered():
+    import keras
+
+    model = keras_tiny_vggface(classes=2)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    before = ev._custom_gradients()
+    with ev.training_released():
+        model.fit(x, np.arange(8) % 2, epochs=1, verbose=0)
+        assert len(ev._custom_gradients()) > len(before)  # TensorFlow registered the step's gradients
+    assert ev._custom_gradients() == before
+    model.predict(x, verbose=0)  # the model itself still works

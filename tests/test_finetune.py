@@ -293,3 +293,127 @@ def test_mixed_precision_copy_keeps_output_layers_in_float32():
     assert out.dtype == "float32"
     np.testing.assert_allclose(np.asarray(out), np.asarray(model(images)), atol=2e-2)
     assert finetune.with_precision(model, "float32") is model
+
+
+# ----------------------------------------------------------------------------- the split and the summary
+
+def five_folds(users_per_fold: int = 30, seed: int = 0) -> "pd.DataFrame":
+    """Faces of whole users in folds 0-4 (3..20 faces each), both genders in every fold."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fold in range(5):
+        for u in range(users_per_fold):
+            gender = "m" if (u + fold) % 2 else "f"
+            for i in range(int(rng.integers(3, 21))):
+                rows.append({"fold": fold, "user_id": f"u{fold}_{u}", "face_id": i, "gender": gender,
+                             "label": int(gender == "f"), "path": f"faces/u{fold}_{u}/{i}.jpg"})
+    return pd.DataFrame(rows)
+
+
+def test_case_study_split_keeps_fold_0_whole_and_draws_validation_users_from_folds_2_to_4():
+    df = five_folds()
+    split, spec = finetune.make_split(df, "case_study", seed=3)
+    assert spec == {"kind": "case_study", "train_folds": [0], "test_fold": 1, "val_folds": [2, 3, 4],
+                    "val_fraction": 0.25, "seed": 3}
+    assert split.train.equals(df[df["fold"] == 0]) and split.test.equals(df[df["fold"] == 1])
+    pool = df[df["fold"].isin([2, 3, 4])]
+    assert set(split.val["fold"]) <= {2, 3, 4}
+    # whole users only, and just enough of them: a quarter of the pool's faces, plus at most one user
+    assert set(split.val["user_id"]).isdisjoint(set(pool["user_id"]) - set(split.val["user_id"]))
+    val_users = split.val.groupby("user_id").size()
+    assert val_users.sum() == len(split.val)
+    for user, n in val_users.items():
+        assert n == (pool["user_id"] == user).sum()
+    assert 0.25 * len(pool) <= len(split.val) < 0.25 * len(pool) + 20
+    again, _ = finetune.make_split(df, **spec)
+    assert again.val.equals(split.val)
+    other, _ = finetune.make_split(df, **{**spec, "seed": 4})
+    assert not other.val.equals(split.val)
+
+
+def test_fold_split_and_bad_split_requests_name_what_is_wrong():
+    df = five_folds()
+    split, spec = finetune.make_split(df, "fold", test_fold=3, seed=1)
+    assert spec == {"kind": "fold", "test_fold": 3, "val_fraction": 0.1, "seed": 1}
+    assert set(split.test["fold"]) == {3} and 3 not in set(split.train["fold"]) | set(split.val["fold"])
+    with pytest.raises(ValueError, match="unknown split kind 'random'"):
+        finetune.make_split(df, "random")
+    with pytest.raises(ValueError, match=r"no fold\(s\) \[4\]"):
+        finetune.make_split(df[df["fold"] != 4], "case_study")
+    with pytest.raises(ValueError, match="must not overlap"):
+        finetune.make_split(df, "case_study", val_folds=[1, 2])
+    with pytest.raises(ValueError, match="needs test_fold"):
+        finetune.make_split(df, "fold")
+
+
+def summary_fields(**changes):
+    config = {"from_block": "block5", "val_accuracy": 0.81, "test_accuracy": 0.8, "epoch_seconds": 1.5,
+              "trainable_params": 1000, "estimated_memory_bytes": 123456, "peak_memory_bytes": None,
+              "epochs_run": 5}
+    fields = dict(best="last_block",
+                  configs={"head_only": {**config, "from_block": "head", "val_accuracy": 0.79},
+                           "last_block": config,
+                           "mine": {**config, "from_block": ["conv5_3", "fc7", "fc8"]},
+                           "everything": {**config, "from_block": 1, "peak_memory_bytes": 2 ** 30}},
+                  split={"kind": "case_study", "train_folds": [0], "test_fold": 1, "val_folds": [2, 3, 4],
+                         "val_fraction": 0.25, "seed": 7},
+                  protocol="binary", class_names=("m", "f"), image_size=(64, 64), resize="direct",
+                  mode="quick", seed=7)
+    fields.update(changes)
+    return fields
+
+
+def test_summary_round_trip_has_exactly_the_schema_keys_and_reproduces_the_split(tmp_path):
+    path = tmp_path / "models" / finetune.SUMMARY_FILE
+    finetune.write_summary(path, **summary_fields())
+    summary = finetune.read_summary(path)
+    assert list(summary) == list(finetune.SUMMARY_KEYS) and summary["schema"] == finetune.SUMMARY_SCHEMA
+    assert summary["class_names"] == ["m", "f"] and summary["image_size"] == [64, 64]
+    assert summary["configs"]["mine"]["from_block"] == ["conv5_3", "fc7", "fc8"]
+    assert summary["configs"]["everything"]["from_block"] == 1
+    assert summary["configs"]["last_block"]["peak_memory_bytes"] is None
+    for config in summary["configs"].values():
+        assert list(config) == list(finetune.CONFIG_KEYS)
+    df = five_folds()
+    split = finetune.split_from_summary(df, summary)
+    expected, _ = finetune.make_split(df, "case_study", seed=7)
+    for got, want in zip(split, expected):
+        assert got.equals(want)
+
+
+def test_summary_writer_refuses_what_the_reader_could_not_use(tmp_path):
+    path = tmp_path / finetune.SUMMARY_FILE
+    with pytest.raises(ValueError, match="best configuration 'nope' is not among"):
+        finetune.write_summary(path, **summary_fields(best="nope"))
+    fields = summary_fields()
+    fields["configs"]["last_block"] = {**fields["configs"]["last_block"], "best_path": "x.keras"}
+    with pytest.raises(ValueError, match=r"unexpected \['best_path'\]"):
+        finetune.write_summary(path, **fields)
+    fields = summary_fields()
+    del fields["configs"]["head_only"]["epochs_run"]
+    with pytest.raises(ValueError, match=r"'head_only'.*missing \['epochs_run'\]"):
+        finetune.write_summary(path, **fields)
+    fields = summary_fields()
+    fields["configs"]["everything"]["from_block"] = 0
+    with pytest.raises(ValueError, match="from_block must be"):
+        finetune.write_summary(path, **fields)
+    assert not path.exists()  # nothing half-written
+
+
+def test_summary_reader_none_when_absent_or_of_another_schema_and_errors_when_broken(tmp_path, capsys):
+    path = tmp_path / finetune.SUMMARY_FILE
+    assert finetune.read_summary(path) is None
+    path.write_text(json.dumps({"best": "last_block", "split": "case_study", "val_fraction": 0.1}))
+    assert finetune.read_summary(path) is None
+    assert "schema None" in capsys.readouterr().out
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=f"{path.name}: not valid JSON"):
+        finetune.read_summary(path)
+    finetune.write_summary(path, **summary_fields())
+    broken = json.loads(path.read_text())
+    del broken["split"]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"missing \['split'\]"):
+        finetune.read_summary(path)

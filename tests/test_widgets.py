@@ -83,3 +83,51 @@ def test_memory_in_the_live_line_follows_the_batch_size(model):
 def test_panel_rejects_a_plan_naming_unknown_layers(model):
     with pytest.raises(ValueError, match="fc9"):
         widgets.FreezePanel(model, FreezePlan(trainable={"fc9"}))
+
+
+# ----------------------------------------------------------------------------- ipywidgets 7 and 8
+def test_uploaded_files_reads_both_major_versions():
+    from types import SimpleNamespace
+
+    v7 = SimpleNamespace(value={"me.jpg": {"metadata": {"name": "me.jpg", "size": 3}, "content": b"abc"}})
+    v8 = SimpleNamespace(value=({"name": "me.jpg", "type": "image/jpeg", "size": 3,
+                                 "content": memoryview(b"abc"), "last_modified": 0},))
+    assert widgets.uploaded_files(v7) == widgets.uploaded_files(v8) == [("me.jpg", b"abc")]
+    assert widgets.uploaded_files(ipywidgets.FileUpload()) == []  # the installed version's empty value
+
+
+def test_tooltips_use_the_installed_versions_attribute():
+    major = int(ipywidgets.__version__.split(".")[0])
+    slider = widgets._with_tooltip(ipywidgets.FloatSlider(), "why")
+    assert getattr(slider, "tooltip" if major >= 8 else "description_tooltip") == "why"
+
+
+# ----------------------------------------------------------------------------- redrawing panels
+def test_layer_picker_redraws_the_chosen_layer():
+    drawn = []
+    picker = widgets.LayerPicker(["conv1_2", "conv3_3", "pool5"], draw=lambda layer: drawn.append(layer))
+    assert picker.value == "pool5" and drawn == []  # the default figure is the notebook's, not the widget's
+    picker.dropdown.value = "conv3_3"
+    assert drawn == ["conv3_3"] and picker.redraws == 1
+    with pytest.raises(ValueError, match="fc9"):
+        widgets.LayerPicker(["pool5"], draw=print, value="fc9")
+
+
+def test_cost_panel_has_a_slider_per_error_and_passes_the_costs():
+    seen = []
+    panel = widgets.CostPanel(("m", "f", "u"), draw=lambda errors: seen.append(errors),
+                              nouns={"m": "men", "f": "women"})
+    assert len(panel.sliders) == 6 and panel.sliders[("f", "m")].description == "women as men"
+    panel.sliders[("f", "m")].value = 3.0
+    assert seen[-1][("f", "m")] == 3.0 and seen[-1][("m", "f")] == 1.0 and len(seen[-1]) == 6
+
+
+def test_crop_panel_keeps_the_square_inside_the_image():
+    boxes = []
+    panel = widgets.CropPanel((100, 160), draw=lambda box: boxes.append(box))
+    assert panel.box == (30, 0, 100)  # the largest centred square
+    panel.side.value = 40
+    panel.cx.value = 155  # past the right edge: the square stops at the border
+    assert boxes[-1] == (120, 30, 40)
+    detected = widgets.CropPanel((100, 160), draw=print, box=(10, 20, 50))
+    assert detected.box == (10, 20, 50)

@@ -94,6 +94,19 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+# Requirements that another distribution of the same module satisfies: Colab ships dlib itself
+# (built from source, module ``dlib``); elsewhere the prebuilt wheel ``dlib-bin`` installs it.
+SATISFIED_BY = {"dlib-bin": ("dlib",)}
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def check_python(version: tuple[int, ...] | None = None) -> Check:
     """The supported range: older fails (the code or a package needs newer), newer warns (untested)."""
     found = tuple(version or sys.version_info[:3])
@@ -124,8 +137,8 @@ def check_versions(floors: dict[str, str] | None = None, colab: bool | None = No
     checks = [check_python()]
     for dist, floor in floors.items():
         try:
-            found = metadata.version(dist)
-        except metadata.PackageNotFoundError:
+            found = next(metadata.version(d) for d in (dist, *SATISFIED_BY.get(dist, ())) if _installed(d))
+        except StopIteration:
             checks.append(Check(dist, "fail", "missing", f">={floor}", f"pip install '{dist}>={floor}'"))
             continue
         if version_tuple(found) >= version_tuple(floor):
