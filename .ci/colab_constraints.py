@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Installed into the Colab environment besides requirements.txt: Colab has both, and CI runs
 # pytest there; OpenCV is what notebook 01 verifies the conversion with when it can.
 EXTRA = ("pytest", "opencv-python-headless")
+# Colab builds some packages from source under their own name; the course requires the prebuilt
+# wheel of the same module, which CI pins at Colab's version (on Colab itself the course accepts
+# Colab's own build: helpers.course.environment.SATISFIED_BY).
+WHEEL_FOR = {"dlib-bin": "dlib"}
 
 
 def canonical(name: str) -> str:
@@ -73,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(r"\d{4}-\d\d-\d\d", args.date):
         parser.error(f"--date {args.date!r}: expected YYYY-MM-DD")
     pins = read_freeze(args.freeze)
-    resolved = resolve(args.python, args.freeze, args.requirements)
+    for wheel, colab_name in WHEEL_FOR.items():
+        if colab_name in pins:
+            pins[wheel] = (wheel, pins[colab_name][1])
+    with tempfile.TemporaryDirectory() as tmp:
+        freeze = Path(tmp) / "freeze.txt"  # the freeze plus the wheels that stand in for Colab's builds
+        freeze.write_text(args.freeze.read_text(encoding="utf-8") + "".join(
+            f"\n{name}=={version}" for name, version in pins.values() if name in WHEEL_FOR) + "\n", encoding="utf-8")
+        resolved = resolve(args.python, freeze, args.requirements)
     version = subprocess.run([args.python, "-c", "import platform; print(platform.python_version())"],
                              check=True, capture_output=True, text=True).stdout.strip()
     absent = sorted(n for n in resolved if n not in pins)
