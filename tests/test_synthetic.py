@@ -255,13 +255,25 @@ def test_ensure_built_caches_and_story_checks_record(home):
     assert syn.ensure_built(config=TINY, force=True, progress=False)["built_now"]
     assert all(p.read_bytes() == b for p, b in before.items())
 
-    out = syn.story_checks(shots=2, draws=1, scratch_epochs=1, progress=False)
-    for key in ("probe_pool1", "probe_fc7", "fewshot2_transfer", "fewshot2_scratch"):
+    out = syn.story_checks(shots=(1, 2), draws=2, scratch_draws=1, progress=False)
+    for key in ("probe_pool1", "probe_fc7", "fewshot1_transfer", "fewshot2_transfer", "fewshot2_scratch",
+                "scratch_all", "majority"):
         assert 0.0 <= out[key] <= 1.0, key
+    df = read_binary_folds(a.dataset_root)
+    test = df["fold"] == syn.story.TEST_FOLD
+    assert out["majority"] == pytest.approx(df.loc[test, "label"].value_counts().max() / test.sum())
+    assert out["scratch_all_faces"] == int((~test).sum()) and out["scratch_all_steps"] <= out["scratch_all_budget"]
     recorded = results.load()["results"]
     assert recorded["synthetic.probe.fc7"] == out["probe_fc7"]
     assert recorded["synthetic.fewshot2.scratch"] == out["fewshot2_scratch"]
+    assert recorded["synthetic.scratch.all"] == out["scratch_all"]
     assert recorded["synthetic.pretrain.identity_accuracy"] == manifest["pretrain"]["identity_accuracy_heldout"]
+
+
+def read_binary_folds(root):
+    from helpers.data import apply_protocol, read_adience_folds
+
+    return apply_protocol(read_adience_folds(root), "binary")[0]
 
 
 def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkeypatch):
@@ -276,8 +288,9 @@ def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkey
 
     def fake_checks(record, progress):
         calls.append(record)
-        return {"probe_pool1": 0.6, "probe_fc7": 0.8, "fewshot5_transfer": 0.7, "fewshot5_scratch": 0.5,
-                "identity_accuracy": 0.9, "shots": 5, "run": len(calls)}
+        return {"probe_pool1": 0.6, "probe_fc7": 0.8, "fewshot1_transfer": 0.6, "fewshot5_transfer": 0.7,
+                "fewshot5_scratch": 0.5, "scratch_all": 0.7, "majority": 0.55, "identity_accuracy": 0.9,
+                "shots": [1, 5], "run": len(calls)}
 
     from helpers.synthetic import story
 
@@ -453,3 +466,53 @@ def test_trait_masks_of_the_faces_on_disk(masked_world):
     Image.open(second).save(first, format="JPEG")
     with pytest.raises(ValueError, match=re.escape(str(first))):
         syn.trait_masks(df["path"][:1], root)
+
+
+# ----------------------------------------------------------------------------- the story's units
+
+def _people_features(n_users=60, faces=6, seed=0):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), faces)
+    y = rng.integers(0, 2, n_users)[users]
+    fc7 = rng.normal(size=(len(users), 16)) + 1.5 * y[:, None] * (np.arange(16) < 4)
+    pool1 = rng.normal(size=(len(users), 4, 4, 8))  # a spatial map with no gender in it
+    folds = users % 5
+    return pool1, fc7, y, users, folds
+
+
+def test_probe_story_is_the_course_probe_on_pooled_pool1_and_fc7():
+    from helpers import embeddings
+    from helpers.synthetic import story
+
+    pool1, fc7, y, users, _ = _people_features()
+    out = story.probe_story(pool1, fc7, y, users)
+    direct = embeddings.probe_scores({"pool1": pool1.mean(axis=(1, 2)), "fc7": fc7}, y, users).set_index("layer")
+    assert out["probe_fc7"] == pytest.approx(direct.loc["fc7", "probe"])
+    assert out["probe_pool1"] == pytest.approx(direct.loc["pool1", "probe"])
+    assert out["probe_fc7"] > 0.9 and out["probe_pool1"] < 0.7
+
+
+def test_fewshot_story_tests_on_fold_4_against_its_majority_class():
+    from helpers.synthetic import story
+
+    _, fc7, y, users, folds = _people_features(n_users=100)
+    out = story.fewshot_story(fc7, y, folds, shots=(1, 5), draws=20, seed=0)
+    test = folds == story.TEST_FOLD
+    assert out["test_faces"] == test.sum() and test.sum() > 100
+    assert out["majority"] == pytest.approx(max(np.mean(y[test]), 1 - np.mean(y[test])))
+    assert out["fewshot5_transfer"] > out["fewshot1_transfer"] > out["majority"]
+    from helpers import embeddings
+
+    pool = ~test
+    direct = embeddings.transfer_fewshot(fc7[pool], y[pool], fc7[test], y[test], [5], n_draws=20, seed=0)
+    assert out["fewshot5_transfer"] == pytest.approx(direct["accuracy"].mean())
+
+
+def test_story_margins_state_each_claim_and_whether_it_holds():
+    story = {"probe_fc7": 0.88, "probe_pool1": 0.62, "fewshot5_transfer": 0.75, "fewshot5_scratch": 0.70,
+             "scratch_all": 0.70, "majority": 0.55, "shots": [1, 5]}
+    margins = syn.story_margins(story)
+    assert [m["holds"] for m in margins] == [True, False, True]
+    assert margins[1]["margin"] == pytest.approx(0.05) and margins[1]["needed"] == pytest.approx(0.08)
+    assert "5 faces per class" in margins[1]["claim"]
+    assert all(m["needed"] == v for m, v in zip(margins, (0.10, 0.08, 0.10)))

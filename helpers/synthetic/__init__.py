@@ -31,7 +31,7 @@ cache), ``pretrain`` (the miniature VGG-Face: training, BatchNorm folding, Caffe
 in each target face, for judging explanations). Importing this package does not load Keras.
 """
 from .masks import GENDERED_TRAITS, MASK_TRAITS, NEUTRAL_TRAITS, trait_masks
-from .story import record_story, story_checks, story_numbers, story_path
+from .story import record_story, story_checks, story_margins, story_numbers, story_path
 from .world import (
     GENERATOR_VERSION,
     SyntheticConfig,
@@ -48,6 +48,6 @@ from .world import (
 
 __all__ = [
     "GENDERED_TRAITS", "MASK_TRAITS", "NEUTRAL_TRAITS", "GENERATOR_VERSION", "SyntheticConfig", "ensure_built",
-    "identity_name", "is_built", "load_source", "manifest_path", "record_story", "source_path", "source_people", "story_checks", "story_numbers", "story_path",
+    "identity_name", "is_built", "load_source", "manifest_path", "record_story", "source_path", "source_people", "story_checks", "story_margins", "story_numbers", "story_path",
     "target_people", "trait_masks", "world_dir",
 ]
