@@ -516,3 +516,40 @@ def test_story_margins_state_each_claim_and_whether_it_holds():
     assert margins[1]["margin"] == pytest.approx(0.05) and margins[1]["needed"] == pytest.approx(0.08)
     assert "5 faces per class" in margins[1]["claim"]
     assert all(m["needed"] == v for m, v in zip(margins, (0.10, 0.08, 0.10)))
+
+
+# ----------------------------------------------------------------------------- smoke world and seeds
+
+def test_smoke_runs_build_and_use_a_tiny_world_of_their_own(home, monkeypatch):
+    from helpers.course import paths
+
+    quick = paths.assets_for("quick")
+    full = paths.assets_for("full")
+    monkeypatch.setenv(paths.ENV_SMOKE, "1")
+    smoke = paths.assets_for("quick")
+    assert smoke.caffe_dir == home / "weights" / "mini_vggface_smoke"
+    assert smoke.dataset_root == home / "data" / "synthetic_smoke" / "adience"
+    assert smoke.keras_model.name == "vggface_quick_smoke.keras" != quick.keras_model.name
+    assert paths.assets_for("full") == full  # full mode's assets never move
+    config = syn.default_config()
+    assert (config.source_identities, config.target_users, config.epochs) == (12, 40, 2)
+    manifest = syn.ensure_built(progress=False)
+    assert manifest["built_now"] and manifest["config"] == config.to_json()
+    assert syn.manifest_path() == home / "data" / "synthetic_smoke" / "manifest.json"
+    for p in (smoke.prototxt, smoke.caffemodel, smoke.names, *smoke.fold_files):
+        assert p.is_file(), p
+    assert not quick.caffe_dir.exists() and not quick.dataset_root.exists()  # the quick world is untouched
+    masks = syn.trait_masks(read_binary_folds(smoke.dataset_root)["path"][:3])  # masks follow the smoke world
+    assert masks["lips"].shape[0] == 3
+    monkeypatch.setenv(paths.ENV_SMOKE, "0")
+    assert syn.default_config() == syn.SyntheticConfig() and not syn.is_built(syn.default_config())
+
+
+def test_the_world_seed_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(syn.ENV_WORLD_SEED, raising=False)
+    assert syn.world_seed() == 0 and syn.default_config().seed == 0
+    monkeypatch.setenv(syn.ENV_WORLD_SEED, "2")
+    assert syn.default_config().seed == 2 and syn.default_config(seed=5).seed == 5
+    monkeypatch.setenv(syn.ENV_WORLD_SEED, "two")
+    with pytest.raises(ValueError, match="COURSE_WORLD_SEED"):
+        syn.world_seed()

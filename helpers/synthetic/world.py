@@ -112,6 +112,29 @@ class SyntheticConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+# A SMOKE run's world (COURSE_SMOKE=1): the same renderer and network, a few identities, tens of
+# users, two pretraining epochs, so that a fresh runtime builds it in seconds. Its numbers mean nothing.
+SMOKE_SIZES = {"source_identities": 12, "source_images_per_identity": 5, "source_heldout_per_identity": 1,
+               "target_users": 40, "epochs": 2}
+# The world's seed when ensure_built() is not given one: COURSE_WORLD_SEED, else 0 (the course's world).
+ENV_WORLD_SEED = "COURSE_WORLD_SEED"
+
+
+def world_seed() -> int:
+    value = os.environ.get(ENV_WORLD_SEED, "").strip()
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        raise ValueError(f"{ENV_WORLD_SEED}={value!r}: expected an integer seed") from None
+
+
+def default_config(seed: int | None = None) -> SyntheticConfig:
+    """The world this run builds and uses: quick mode's (seed ``world_seed()`` unless given), or
+    in a SMOKE run (``helpers.course.paths.smoke()``) the tiny ``SMOKE_SIZES`` world."""
+    config = SyntheticConfig(seed=world_seed() if seed is None else int(seed))
+    return dataclasses.replace(config, **SMOKE_SIZES) if paths.smoke() else config
+
+
 # ----------------------------------------------------------------------------- populations
 
 def _rng(seed: int, stream: int, *index: int) -> np.random.Generator:
@@ -315,15 +338,16 @@ def is_built(config: SyntheticConfig) -> bool:
             and all(p.exists() for p in _expected_files()))
 
 
-def ensure_built(force: bool = False, seed: int = 0, progress: bool = True,
+def ensure_built(force: bool = False, seed: int | None = None, progress: bool = True,
                  config: SyntheticConfig | None = None) -> dict:
     """Build the quick-mode world (data + miniature weights) unless an identical build exists.
 
     Returns the manifest (parameters, versions, counts, held-out identity accuracy, seconds)
     plus ``"built_now"``. ``config`` overrides every parameter (tests use tiny worlds);
-    otherwise the defaults with ``seed``.
+    otherwise ``default_config(seed)``: the course's world (seed ``COURSE_WORLD_SEED`` or 0),
+    or the tiny SMOKE world in its own folders when ``COURSE_SMOKE=1``.
     """
-    config = (config or SyntheticConfig(seed=seed)).validate()
+    config = (config or default_config(seed)).validate()
     if not force and is_built(config):
         manifest = json.loads(manifest_path().read_text(encoding="utf-8"))
         if progress:
@@ -337,7 +361,8 @@ def ensure_built(force: bool = False, seed: int = 0, progress: bool = True,
     manifest_path().unlink(missing_ok=True)
     assets = paths.assets_for("quick")
     say = print if progress else (lambda *a, **k: None)
-    say("Building quick mode's SYNTHETIC face world (drawn faces, not real people) and a miniature VGG-Face.")
+    say(f"Building quick mode's SYNTHETIC face world (drawn faces, not real people) and a miniature VGG-Face"
+        f"{' (the tiny world of SMOKE runs)' if paths.smoke() else ''}, seed {config.seed}.")
 
     t0 = time.time()
     say("1/4 rendering the pretraining (source) identities ...")
