@@ -307,6 +307,9 @@ def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkey
     synthetic.manifest_path().write_text('{"build": 2}')  # a rebuilt world is measured again
     assert synthetic.story_numbers(progress=False)["run"] == 2
     assert _json.loads(synthetic.story_path().read_text())["story"]["run"] == 2
+    cache = _json.loads(synthetic.story_path().read_text())
+    synthetic.story_path().write_text(_json.dumps({**cache, "story_version": story.STORY_VERSION - 1}))
+    assert synthetic.story_numbers(progress=False)["run"] == 3  # so is a story of another version
 
 
 # ----------------------------------------------------------------------------- trait masks

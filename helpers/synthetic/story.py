@@ -27,6 +27,8 @@ from ..course import paths
 from ..course.fileio import write_json_atomic
 from .world import manifest_path
 
+# Bump when what story_checks measures changes: a cached story of another version is measured again.
+STORY_VERSION = 2
 TEST_FOLD = 4  # as notebook 03: few-shot sets come from folds 0-3, the test faces are fold 4's users
 SHOTS = (1, 5)
 # The claims notebook 00 makes about quick mode, with the margin each must clear.
@@ -182,7 +184,8 @@ def story_path() -> Path:
 def story_numbers(record: bool = True, progress: bool = True) -> dict:
     """story_checks() of the built world, computed once per build and cached beside the manifest.
 
-    The cache names the manifest's SHA-256, so a rebuilt world is measured again. With
+    The cache names the manifest's SHA-256 and ``STORY_VERSION``, so a rebuilt world (or a
+    changed measurement) is measured again. With
     ``record`` the numbers also go to build/results.json (the course runner does this on
     every quick run, so results.json always says how strong the synthetic story is).
     """
@@ -190,7 +193,7 @@ def story_numbers(record: bool = True, progress: bool = True) -> dict:
         raise FileNotFoundError(f"no synthetic world at {manifest_path()}: run python -m helpers.synthetic first")
     build_id = hashlib.sha256(manifest_path().read_bytes()).hexdigest()
     cached = json.loads(story_path().read_text(encoding="utf-8")) if story_path().is_file() else {}
-    if cached.get("manifest_sha256") == build_id:
+    if cached.get("manifest_sha256") == build_id and cached.get("story_version") == STORY_VERSION:
         story = cached["story"]
         if progress:
             print(f"story checks of this build (cached in {story_path()}):")
@@ -198,7 +201,7 @@ def story_numbers(record: bool = True, progress: bool = True) -> dict:
         if progress:
             print("measuring the story of this build once (probes, few-shot transfer, training from scratch) ...")
         story = story_checks(record=False, progress=False)
-        write_json_atomic(story_path(), {"manifest_sha256": build_id, "story": story})
+        write_json_atomic(story_path(), {"manifest_sha256": build_id, "story_version": STORY_VERSION, "story": story})
     if progress:
         for m in story_margins(story):
             print(f"  {'✓' if m['holds'] else '✗'} {m['claim']}: {m['value']:.3f} vs {m['against']:.3f} "
