@@ -137,11 +137,14 @@ def palette_colors(palette: str, n: int) -> list:
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def neighbour_agreement(points: np.ndarray, labels: Sequence, k: int = 10) -> float:
+def neighbour_agreement(points: np.ndarray, labels: Sequence, k: int = 10, groups: Sequence | None = None) -> float:
     """Share of each point's ``k`` nearest neighbours (Euclidean, the point itself excluded) that
     carry its label, averaged over the points: how much a map (or a feature space) gathers a label.
 
-    Compare it with ``neighbour_agreement_chance(labels)``, what a map that ignored the label gives.
+    With ``groups`` (e.g. ``user_id``), neighbours of the point's own group are skipped: a
+    person's photos sit together on a map of identity features, so without this, any label a
+    person carries (their fold, say) looks gathered. Compare the result with
+    ``neighbour_agreement_chance(labels)``, what a map that ignored the label gives.
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -149,11 +152,16 @@ def neighbour_agreement(points: np.ndarray, labels: Sequence, k: int = 10) -> fl
     labels = np.asarray(pd.Series(list(labels)).fillna(_MISSING).astype(str))
     if len(x) != len(labels):
         raise ValueError(f"neighbour_agreement: {len(x)} points but {len(labels)} labels")
-    if len(x) <= k:
-        raise ValueError(f"neighbour_agreement needs more than k={k} points, got {len(x)}")
-    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
-    neighbours = idx[:, 1:]  # the first neighbour of a point is the point itself
-    return float(np.mean(labels[neighbours] == labels[:, None]))
+    group = np.asarray(groups) if groups is not None else np.arange(len(x))
+    largest = int(np.unique(group, return_counts=True)[1].max())
+    if len(x) - largest < k:
+        raise ValueError(f"neighbour_agreement needs more than k={k} points outside each group, got {len(x)} points")
+    _, idx = NearestNeighbors(n_neighbors=min(len(x), k + largest)).fit(x).kneighbors(x)
+    shares = []
+    for i, row in enumerate(idx):
+        others = row[group[row] != group[i]][:k]  # the point itself (and its group) left out
+        shares.append(np.mean(labels[others] == labels[i]))
+    return float(np.mean(shares))
 
 
 def neighbour_agreement_chance(labels: Sequence) -> float:
@@ -313,10 +321,12 @@ def transfer_fewshot(train_features, train_labels, test_features, test_labels, k
 # --- training from scratch -----------------------------------------------------------------
 # The fair baseline: what a learner would do to train a network without pretrained weights.
 SCRATCH_EPOCHS = 12       # the budget: this many passes over the training faces ...
-SCRATCH_MIN_STEPS = 100   # ... and never fewer steps than this, however few the faces
+SCRATCH_MIN_STEPS = 60    # ... and never fewer steps than this, however few the faces
 SCRATCH_VAL_SHARE = 0.2   # share of the users carved out for early stopping ...
 SCRATCH_MIN_VAL_PER_CLASS = 20  # ... when the draw has at least this many faces of each class
-SCRATCH_PATIENCE = 3      # evaluations without a better validation loss before stopping
+SCRATCH_PATIENCE = 3      # evaluations without a better validation loss before stopping ...
+SCRATCH_EVALUATIONS = 10  # ... out of at most this many in a budget (a pass over 32 faces is one step:
+                          # evaluating after each would stop a training after a few steps)
 
 
 def scratch_network(image_size=(64, 64), n_classes: int = 2, *, seed: int = 0, widths=None,
@@ -392,8 +402,9 @@ class ScratchTrainer:
     ``fit`` trains for ``scratch_budget(len(images))`` steps with Adam; when the faces hold at
     least ``min_val_per_class`` of each class, a share ``val_share`` of the *users* (``groups``)
     is carved out first, the budget is spent in evaluations of about one pass each, training
-    stops after ``patience`` evaluations without a lower validation loss, and the best weights
-    are kept. Fewer faces than that cannot spare a validation set: the whole budget is used.
+    stops after ``patience`` evaluations without a lower validation loss (at most
+    ``SCRATCH_EVALUATIONS`` evaluations per budget, at least one pass over the faces apart), and
+    the best weights are kept. Fewer faces than that cannot spare a validation set: the whole budget is used.
     """
 
     def __init__(self, build: Callable[[int], object], *, batch_size: int = 32, learning_rate: float = 1e-3,
@@ -453,8 +464,8 @@ class ScratchTrainer:
         data = tf.data.Dataset.from_tensor_slices((x[train], y[train])).shuffle(len(train), seed=seed).repeat()
         data = data.batch(batch, drop_remainder=True)
         budget = self.budget(len(train))
-        if len(val):  # one evaluation per pass over the training faces
-            per_eval = math.ceil(len(train) / batch)
+        if len(val):  # an evaluation per pass over the faces, and at most SCRATCH_EVALUATIONS of them
+            per_eval = max(math.ceil(len(train) / batch), math.ceil(budget / SCRATCH_EVALUATIONS))
             evaluations = math.ceil(budget / per_eval)
             callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                                        restore_best_weights=True)]

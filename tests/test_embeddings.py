@@ -154,7 +154,7 @@ def test_scratch_network_is_levi_hassner_scaled_to_the_image():
 
 
 def test_scratch_budget_grows_with_the_training_set():
-    assert embeddings.scratch_budget(2) == embeddings.SCRATCH_MIN_STEPS
+    assert embeddings.scratch_budget(2) == embeddings.SCRATCH_MIN_STEPS == 60
     assert embeddings.scratch_budget(1600, 32) == embeddings.SCRATCH_EPOCHS * 50
     assert embeddings.scratch_budget(3200, 32) == 2 * embeddings.scratch_budget(1600, 32)
     assert embeddings.scratch_budget(100, 32, epochs=10, min_steps=1) == 40
@@ -218,8 +218,15 @@ def test_scratch_training_carves_validation_by_user_and_stops_early():
     best = hist["val_loss"].min()
     z = trainer.model.evaluate(x[val], y[val], verbose=0, return_dict=True)["loss"]
     assert z == pytest.approx(best, rel=1e-3, abs=1e-4)
-    few = trainer.fit(x[:30], y[:30], users[:30], seed=3)  # under SCRATCH_MIN_VAL_PER_CLASS: no split
+    few = trainer.fit(x[85:115], y[85:115], users[85:115], seed=3)  # under SCRATCH_MIN_VAL_PER_CLASS: no split
     assert few["n_val"] == 0
+    # a draw of one batch still gets its whole budget in at most SCRATCH_EVALUATIONS evaluations,
+    # not one evaluation per step (which stopped such trainings after a few steps)
+    small = embeddings.ScratchTrainer(_tiny_scratch, batch_size=64, epochs=1, min_steps=60, patience=1)
+    part = np.r_[0:40, 100:140]  # 40 faces of each class
+    run = small.fit(x[part], y[part], users[part], seed=3)
+    assert run["n_val"] > 0 and len(run["history"]) <= embeddings.SCRATCH_EVALUATIONS
+    assert run["steps_budget"] >= 60 and run["steps_run"] >= 2 * run["steps_budget"] // embeddings.SCRATCH_EVALUATIONS
 
 
 def test_scratch_fewshot_runs_every_draw_from_fresh_weights_in_any_order():
@@ -236,7 +243,7 @@ def test_scratch_fewshot_runs_every_draw_from_fresh_weights_in_any_order():
     np.testing.assert_allclose(both[both["k"] == "all"]["accuracy"].to_numpy(), alone["accuracy"].to_numpy())
     row = both[both["k"] == "all"].iloc[0]
     assert row["n_train"] == 200 and row["n_val"] > 0 and row["accuracy"] > 0.9
-    assert set(both[both["k"] == 2]["steps_budget"]) == {40}
+    assert set(both[both["k"] == 2]["steps_budget"]) == {40}  # the trainer's own minimum
     # the accuracy is the share of test faces predicted right (checked against a direct count)
     last = trainer()
     last.fit(x, y, users, seed=embeddings._k_code("all") + 97)  # draw 1 of "all" with seed 0
@@ -288,3 +295,11 @@ def test_neighbour_agreement_against_a_direct_count():
     assert abs(shuffled - chance) < 0.08
     with pytest.raises(ValueError, match="more than k"):
         embeddings.neighbour_agreement(gathered[:5], labels[:5])
+    # a label each person carries (their fold) looks gathered on a map where a person's photos
+    # sit together, unless the person's own photos are left out
+    people = np.repeat(np.arange(30), 5)
+    person_map = rng.normal(size=(30, 2))[people] * 10 + rng.normal(size=(150, 2)) * 0.1
+    folds = (people % 5).astype(str)
+    assert embeddings.neighbour_agreement(person_map, folds, k=4) > 0.9
+    others = embeddings.neighbour_agreement(person_map, folds, k=4, groups=people)
+    assert abs(others - embeddings.neighbour_agreement_chance(folds)) < 0.1
