@@ -255,13 +255,25 @@ def test_ensure_built_caches_and_story_checks_record(home):
     assert syn.ensure_built(config=TINY, force=True, progress=False)["built_now"]
     assert all(p.read_bytes() == b for p, b in before.items())
 
-    out = syn.story_checks(shots=2, draws=1, scratch_epochs=1, progress=False)
-    for key in ("probe_pool1", "probe_fc7", "fewshot2_transfer", "fewshot2_scratch"):
+    out = syn.story_checks(shots=(1, 2), draws=2, scratch_draws=1, progress=False)
+    for key in ("probe_pool1", "probe_fc7", "fewshot1_transfer", "fewshot2_transfer", "fewshot2_scratch",
+                "scratch_all", "majority"):
         assert 0.0 <= out[key] <= 1.0, key
+    df = read_binary_folds(a.dataset_root)
+    test = df["fold"] == syn.story.TEST_FOLD
+    assert out["majority"] == pytest.approx(df.loc[test, "label"].value_counts().max() / test.sum())
+    assert out["scratch_all_faces"] == int((~test).sum()) and out["scratch_all_steps"] <= out["scratch_all_budget"]
     recorded = results.load()["results"]
     assert recorded["synthetic.probe.fc7"] == out["probe_fc7"]
     assert recorded["synthetic.fewshot2.scratch"] == out["fewshot2_scratch"]
+    assert recorded["synthetic.scratch.all"] == out["scratch_all"]
     assert recorded["synthetic.pretrain.identity_accuracy"] == manifest["pretrain"]["identity_accuracy_heldout"]
+
+
+def read_binary_folds(root):
+    from helpers.data import apply_protocol, read_adience_folds
+
+    return apply_protocol(read_adience_folds(root), "binary")[0]
 
 
 def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkeypatch):
@@ -276,8 +288,9 @@ def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkey
 
     def fake_checks(record, progress):
         calls.append(record)
-        return {"probe_pool1": 0.6, "probe_fc7": 0.8, "fewshot5_transfer": 0.7, "fewshot5_scratch": 0.5,
-                "identity_accuracy": 0.9, "shots": 5, "run": len(calls)}
+        return {"probe_pool1": 0.6, "probe_fc7": 0.8, "fewshot1_transfer": 0.6, "fewshot5_transfer": 0.7,
+                "fewshot5_scratch": 0.5, "scratch_all": 0.7, "majority": 0.55, "identity_accuracy": 0.9,
+                "shots": [1, 5], "run": len(calls)}
 
     from helpers.synthetic import story
 
@@ -294,3 +307,252 @@ def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkey
     synthetic.manifest_path().write_text('{"build": 2}')  # a rebuilt world is measured again
     assert synthetic.story_numbers(progress=False)["run"] == 2
     assert _json.loads(synthetic.story_path().read_text())["story"]["run"] == 2
+    cache = _json.loads(synthetic.story_path().read_text())
+    synthetic.story_path().write_text(_json.dumps({**cache, "story_version": story.STORY_VERSION - 1}))
+    assert synthetic.story_numbers(progress=False)["run"] == 3  # so is a story of another version
+
+
+# ----------------------------------------------------------------------------- trait masks
+
+def _dilate(mask: np.ndarray, steps: int = 1) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _adult(gender: str, seed: int = 0, **traits):
+    import dataclasses
+
+    person = sample_person(np.random.default_rng(seed), gender, 5)
+    return dataclasses.replace(person, **traits)
+
+
+def _nuisance(seed: int, **changes):
+    import dataclasses
+
+    from helpers.synthetic.faces import sample_nuisance
+
+    return dataclasses.replace(sample_nuisance(np.random.default_rng(seed)), angle=8.0, **changes)
+
+
+def test_masks_leave_the_face_and_its_random_stream_untouched():
+    from helpers.synthetic.faces import MASK_TRAITS, render_face_and_masks
+
+    people = [_adult("m", beard="full", moustache=True, glasses=True), _adult("f", 1, earrings=True, eyeliner=1.0),
+              sample_person(np.random.default_rng(2), "m", 1)]
+    for i, person in enumerate(people):
+        for occlusion in (False, True):
+            nz = _nuisance(i, occlusion=occlusion)
+            r1, r2 = np.random.default_rng(10 + i), np.random.default_rng(10 + i)
+            plain = render_face(person, r1, 64, nuisance=nz)
+            image, masks = render_face_and_masks(person, r2, 64, nuisance=nz)
+            assert image.tobytes() == plain.tobytes()
+            assert r1.random() == r2.random()  # the masks drew nothing from the stream
+            assert set(masks) == set(MASK_TRAITS)
+            assert all(m.shape == (64, 64) and m.dtype == bool for m in masks.values())
+            assert masks["occluder"].any() == occlusion
+            for name, m in masks.items():  # nothing shows through the object in front of the face
+                if name != "occluder" and occlusion:
+                    assert not (m & _erode(masks["occluder"])).any(), name
+
+
+def _erode(mask):
+    return ~_dilate(~mask)
+
+
+@pytest.mark.parametrize("trait, on, off, gone_when_off", [
+    ("beard", {"beard": "full"}, {"beard": "none"}, True),
+    ("beard", {"beard": "stubble"}, {"beard": "none"}, True),
+    ("moustache", {"moustache": True}, {"moustache": False}, True),
+    ("glasses", {"glasses": True}, {"glasses": False}, True),
+    ("lips", {"lipstick": True}, {"lipstick": False}, False),
+    ("earrings", {"earrings": True}, {"earrings": False}, True),
+    ("brows", {"brow_thick": 1.0}, {"brow_thick": 0.0}, False),
+    ("hair_beyond_head", {"hair_style": "long"}, {"hair_style": "short"}, False),
+])
+def test_a_trait_changes_the_image_only_inside_its_mask(trait, on, off, gone_when_off):
+    """Draw one face with and without a trait (same random stream): the pixels that change lie
+    in the trait's mask (one pixel of slack for antialiasing), and most of the mask changes."""
+    from helpers.synthetic.faces import render_face_and_masks
+
+    gender = "m" if trait in ("beard", "moustache") else "f"
+    nz = _nuisance(3)
+    x_on, m_on = render_face_and_masks(_adult(gender, 4, **on), np.random.default_rng(7), 64, nuisance=nz)
+    x_off, m_off = render_face_and_masks(_adult(gender, 4, **off), np.random.default_rng(7), 64, nuisance=nz)
+    changed = np.abs(x_on.astype(int) - x_off.astype(int)).max(-1) > 24
+    region = m_on[trait] | m_off[trait]
+    if trait == "hair_beyond_head":  # short hair is hair too: the change is in the hair masks
+        region = m_on["hair"] | m_off["hair"]
+    assert region.sum() >= 4, f"{trait}: empty mask"
+    assert changed.any(), f"{trait}: toggling it changed nothing"
+    outside = changed & ~_dilate(region)
+    assert outside.sum() <= 0.02 * changed.sum(), f"{trait}: {outside.sum()} of {changed.sum()} changed pixels lie outside its mask"
+    if trait not in ("lips", "brows"):  # lips and brows only change colour or width inside them
+        assert (changed & region).sum() >= 0.5 * m_on[trait].sum()
+    if gone_when_off:
+        assert not m_off[trait].any(), f"{trait}: mask present on a face without it"
+
+
+def test_masks_follow_the_pose_and_a_stricter_coverage_is_a_subset():
+    from helpers.synthetic.faces import render_face_and_masks
+
+    person = _adult("m", 5, beard="full", moustache=True)
+    _, straight = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1, shift_x=0.0))
+    _, moved = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1, shift_x=0.1))
+    col = lambda m: np.flatnonzero(m.any(0)).mean()  # noqa: E731 - the mask's mean column
+    assert 4 < col(moved["beard"]) - col(straight["beard"]) < 9  # 0.1 of 64 px: about 6 px to the right
+    rows = lambda m: np.flatnonzero(m.any(1)).mean()  # noqa: E731
+    assert rows(straight["beard"]) > rows(straight["eyes"]) > rows(straight["hair"])  # beard below the eyes, hair above
+    _, strict = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1), min_coverage=1.0)
+    _, loose = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1), min_coverage=0.25)
+    for name in loose:
+        assert not (strict[name] & ~loose[name]).any(), name
+    with pytest.raises(ValueError, match="min_coverage"):
+        render_face_and_masks(person, np.random.default_rng(1), 64, min_coverage=0.0)
+
+
+@pytest.fixture
+def masked_world(tmp_path):
+    """A small world on disk in the layout trait_masks reads (faces + manifest beside them)."""
+    config = syn.SyntheticConfig(**{**TINY.__dict__, "target_users": 40, "faces_per_person": (2, 3)})
+    root = tmp_path / "synthetic" / "adience"
+    world.write_adience(root, config)
+    (root.parent / "manifest.json").write_text(json.dumps({"config": config.to_json()}))
+    return root, config
+
+
+def test_trait_masks_of_the_faces_on_disk(masked_world):
+    from PIL import Image
+
+    from helpers.data import read_adience_folds
+
+    root, config = masked_world
+    df = read_adience_folds(root)
+    masks = syn.trait_masks(df["path"], root)
+    assert set(syn.GENDERED_TRAITS) == {"beard", "moustache", "hair_beyond_head", "lips", "brows"}
+    assert set(syn.NEUTRAL_TRAITS) == {"glasses", "clutter"}
+    assert set(syn.GENDERED_TRAITS) | set(syn.NEUTRAL_TRAITS) <= set(masks)
+    n, s = len(df), config.image_size
+    assert n > 100 and all(m.shape == (n, s, s) and m.dtype == bool for m in masks.values())
+    people, faces = syn.target_people(config)
+    by_path = {f.path: people[f.person_index] for f in faces}
+    truth = [by_path[p] for p in df["path"]]
+    no_beard = np.array([p.gender == "f" or p.age_index <= 2 for p in truth])
+    assert not masks["beard"][no_beard].any() and not masks["moustache"][no_beard].any()
+    bearded = np.array([p.beard != "none" for p in truth])
+    assert bearded.any() and masks["beard"][bearded].any(axis=(1, 2)).mean() > 0.8
+    assert masks["lips"].any(axis=(1, 2)).mean() > 0.9 and masks["brows"].any(axis=(1, 2)).mean() > 0.9
+    assert masks["clutter"].any(axis=(1, 2)).mean() > 0.3
+    strict = syn.trait_masks(df["path"], root, min_coverage=0.75)  # "mostly shows": one trait per pixel
+    for a in syn.MASK_TRAITS:
+        for b in syn.MASK_TRAITS:
+            if a < b and {a, b} != {"hair", "hair_beyond_head"}:
+                assert not (strict[a] & strict[b]).any(), (a, b)
+    # a subset, in any order, gives the same masks as the whole
+    pick = [7, 0, 3]
+    again = syn.trait_masks(df["path"].iloc[pick], root)
+    np.testing.assert_array_equal(again["beard"], masks["beard"][pick])
+
+    # the default root is quick mode's world
+    with pytest.raises(FileNotFoundError, match="no synthetic world"):
+        syn.trait_masks(df["path"][:1])
+    with pytest.raises(ValueError, match="not faces of the synthetic world"):
+        syn.trait_masks(["aligned/nobody/landmark_aligned_face.1.x.jpg"], root)
+    # a file that is not the face this world draws there is refused, naming it
+    first, second = root / df["path"][0], root / df["path"][1]
+    Image.open(second).save(first, format="JPEG")
+    with pytest.raises(ValueError, match=re.escape(str(first))):
+        syn.trait_masks(df["path"][:1], root)
+
+
+# ----------------------------------------------------------------------------- the story's units
+
+def _people_features(n_users=60, faces=6, seed=0):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), faces)
+    y = rng.integers(0, 2, n_users)[users]
+    fc7 = rng.normal(size=(len(users), 16)) + 1.5 * y[:, None] * (np.arange(16) < 4)
+    pool1 = rng.normal(size=(len(users), 4, 4, 8))  # a spatial map with no gender in it
+    folds = users % 5
+    return pool1, fc7, y, users, folds
+
+
+def test_probe_story_is_the_course_probe_on_pooled_pool1_and_fc7():
+    from helpers import embeddings
+    from helpers.synthetic import story
+
+    pool1, fc7, y, users, _ = _people_features()
+    out = story.probe_story(pool1, fc7, y, users)
+    direct = embeddings.probe_scores({"pool1": pool1.mean(axis=(1, 2)), "fc7": fc7}, y, users).set_index("layer")
+    assert out["probe_fc7"] == pytest.approx(direct.loc["fc7", "probe"])
+    assert out["probe_pool1"] == pytest.approx(direct.loc["pool1", "probe"])
+    assert out["probe_fc7"] > 0.9 and out["probe_pool1"] < 0.7
+
+
+def test_fewshot_story_tests_on_fold_4_against_its_majority_class():
+    from helpers.synthetic import story
+
+    _, fc7, y, users, folds = _people_features(n_users=100)
+    out = story.fewshot_story(fc7, y, folds, shots=(1, 5), draws=20, seed=0)
+    test = folds == story.TEST_FOLD
+    assert out["test_faces"] == test.sum() and test.sum() > 100
+    assert out["majority"] == pytest.approx(max(np.mean(y[test]), 1 - np.mean(y[test])))
+    assert out["fewshot5_transfer"] > out["fewshot1_transfer"] > out["majority"]
+    from helpers import embeddings
+
+    pool = ~test
+    direct = embeddings.transfer_fewshot(fc7[pool], y[pool], fc7[test], y[test], [5], n_draws=20, seed=0)
+    assert out["fewshot5_transfer"] == pytest.approx(direct["accuracy"].mean())
+
+
+def test_story_margins_state_each_claim_and_whether_it_holds():
+    story = {"probe_fc7": 0.88, "probe_pool1": 0.62, "fewshot5_transfer": 0.75, "fewshot5_scratch": 0.70,
+             "scratch_all": 0.70, "majority": 0.55, "shots": [1, 5]}
+    margins = syn.story_margins(story)
+    assert [m["holds"] for m in margins] == [True, False, True]
+    assert margins[1]["margin"] == pytest.approx(0.05) and margins[1]["needed"] == pytest.approx(0.08)
+    assert "5 faces per class" in margins[1]["claim"]
+    assert all(m["needed"] == v for m, v in zip(margins, (0.10, 0.08, 0.10)))
+
+
+# ----------------------------------------------------------------------------- smoke world and seeds
+
+def test_smoke_runs_build_and_use_a_tiny_world_of_their_own(home, monkeypatch):
+    from helpers.course import paths
+
+    quick = paths.assets_for("quick")
+    full = paths.assets_for("full")
+    monkeypatch.setenv(paths.ENV_SMOKE, "1")
+    smoke = paths.assets_for("quick")
+    assert smoke.caffe_dir == home / "weights" / "mini_vggface_smoke"
+    assert smoke.dataset_root == home / "data" / "synthetic_smoke" / "adience"
+    assert smoke.keras_model.name == "vggface_quick_smoke.keras" != quick.keras_model.name
+    assert paths.assets_for("full") == full  # full mode's assets never move
+    config = syn.default_config()
+    assert (config.source_identities, config.target_users, config.epochs) == (12, 40, 2)
+    manifest = syn.ensure_built(progress=False)
+    assert manifest["built_now"] and manifest["config"] == config.to_json()
+    assert syn.manifest_path() == home / "data" / "synthetic_smoke" / "manifest.json"
+    for p in (smoke.prototxt, smoke.caffemodel, smoke.names, *smoke.fold_files):
+        assert p.is_file(), p
+    assert not quick.caffe_dir.exists() and not quick.dataset_root.exists()  # the quick world is untouched
+    masks = syn.trait_masks(read_binary_folds(smoke.dataset_root)["path"][:3])  # masks follow the smoke world
+    assert masks["lips"].shape[0] == 3
+    monkeypatch.setenv(paths.ENV_SMOKE, "0")
+    assert syn.default_config() == syn.SyntheticConfig() and not syn.is_built(syn.default_config())
+
+
+def test_the_world_seed_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(syn.ENV_WORLD_SEED, raising=False)
+    assert syn.world_seed() == 0 and syn.default_config().seed == 0
+    monkeypatch.setenv(syn.ENV_WORLD_SEED, "2")
+    assert syn.default_config().seed == 2 and syn.default_config(seed=5).seed == 5
+    monkeypatch.setenv(syn.ENV_WORLD_SEED, "two")
+    with pytest.raises(ValueError, match="COURSE_WORLD_SEED"):
+        syn.world_seed()

@@ -151,13 +151,14 @@ class Assets:
 
 def assets_for(mode: str) -> Assets:
     mode = _check_mode(mode)
+    suffix = "_smoke" if mode == "quick" and smoke() else ""  # a SMOKE run builds and uses a tiny world of its own
     if mode == "full":
         caffe_dir = weights_dir() / "vgg_face_caffe"
         dataset_root = fast_data_dir() / "adience"
         sample = caffe_dir / "ak.png"
     else:
-        caffe_dir = weights_dir() / "mini_vggface"
-        dataset_root = data_dir() / "synthetic" / "adience"
+        caffe_dir = weights_dir() / f"mini_vggface{suffix}"
+        dataset_root = data_dir() / f"synthetic{suffix}" / "adience"
         sample = caffe_dir / "sample.png"
     return Assets(
         mode=mode,
@@ -166,7 +167,7 @@ def assets_for(mode: str) -> Assets:
         caffemodel=caffe_dir / "VGG_FACE.caffemodel",
         names=caffe_dir / "names.txt",
         sample_image=sample,
-        keras_model=weights_dir() / "converted" / f"vggface_{mode}.keras",
+        keras_model=weights_dir() / "converted" / f"vggface_{mode}{suffix}.keras",
         dataset_root=dataset_root,
     )
 

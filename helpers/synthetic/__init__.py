@@ -19,20 +19,27 @@ The network is trained with BatchNorm (plain VGG trains badly from scratch) and 
 BatchNorm is folded into the convolution and fc weights before export, so what is published
 is the plain Caffe topology.
 
-``ensure_built()`` (and ``python -m helpers.synthetic [--force] [--seed N]``) builds
-everything once; a manifest written LAST records the parameters and package versions, and a
-later call with the same ones does nothing. Every part is built in a temporary folder and
+``ensure_built()`` (and ``python -m helpers.synthetic [--force] [--seed N] [--smoke]``) builds
+everything once (seed ``COURSE_WORLD_SEED`` or 0; a SMOKE run, ``COURSE_SMOKE=1``, builds a tiny
+world of its own in ``data/synthetic_smoke`` and ``weights/mini_vggface_smoke``, in seconds); a
+manifest written LAST records the parameters and package versions, and a later call with the same
+ones does nothing. Every part is built in a temporary folder and
 renamed when complete, so an interrupted build never looks complete. ``story_checks()``
 measures that transfer really helps (the numbers the course quotes in quick mode).
 
 Modules: ``faces`` (the renderer), ``world`` (populations, Adience-layout writer, build and
 cache), ``pretrain`` (the miniature VGG-Face: training, BatchNorm folding, Caffe export),
-``story`` (the measurements notebook 00 shows). Importing this package does not load Keras.
+``story`` (the measurements notebook 00 shows), ``masks`` (``trait_masks``: where each trait is
+in each target face, for judging explanations). Importing this package does not load Keras.
 """
-from .story import record_story, story_checks, story_numbers, story_path
+from .masks import GENDERED_TRAITS, MASK_TRAITS, NEUTRAL_TRAITS, trait_masks
+from .story import record_story, story_checks, story_margins, story_numbers, story_path
 from .world import (
+    ENV_WORLD_SEED,
     GENERATOR_VERSION,
+    SMOKE_SIZES,
     SyntheticConfig,
+    default_config,
     ensure_built,
     identity_name,
     is_built,
@@ -41,10 +48,13 @@ from .world import (
     source_path,
     source_people,
     target_people,
+    world_dir,
+    world_seed,
 )
 
 __all__ = [
-    "GENERATOR_VERSION", "SyntheticConfig", "ensure_built", "identity_name", "is_built", "load_source",
-    "manifest_path", "record_story", "source_path", "source_people", "story_checks", "story_numbers", "story_path",
-    "target_people",
+    "ENV_WORLD_SEED", "GENDERED_TRAITS", "MASK_TRAITS", "NEUTRAL_TRAITS", "GENERATOR_VERSION", "SMOKE_SIZES",
+    "SyntheticConfig", "default_config", "ensure_built",
+    "identity_name", "is_built", "load_source", "manifest_path", "record_story", "source_path", "source_people", "story_checks", "story_margins", "story_numbers", "story_path",
+    "target_people", "trait_masks", "world_dir", "world_seed",
 ]

@@ -31,7 +31,7 @@ from ..course.fileio import atomic_dir, atomic_path, write_json_atomic
 from .faces import AGE_GROUPS, Person, render_face, sample_nuisance, sample_person
 
 # Bump when the renderer or the training recipe changes: a new version rebuilds cached worlds.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MIN_IMAGE_SIZE = 32  # five 2x2 poolings need at least 32 px to leave a 1x1 map
 ADIENCE_COLUMNS = ("user_id", "original_image", "face_id", "age", "gender", "x", "y", "dx", "dy",
                    "tilt_ang", "fiducial_yaw_angle", "fiducial_score")
@@ -61,15 +61,15 @@ class SyntheticConfig:
     seed: int = 0
     image_size: int = 64
     source_identities: int = 100
-    source_images_per_identity: int = 22
-    source_heldout_per_identity: int = 4  # of those, kept out of pretraining to measure it
+    source_images_per_identity: int = 20
+    source_heldout_per_identity: int = 2  # of those, kept out of pretraining to measure it
     target_users: int = 180
     persons_per_user: tuple[int, int] = (1, 3)  # inclusive range
     faces_per_person: tuple[int, int] = (3, 8)  # inclusive range
     n_folds: int = 5
     conv_widths: tuple[int, ...] = (8, 16, 32, 64, 64)
     fc_widths: tuple[int, ...] = (256, 256)
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 3e-3
     dropout: float = 0.3
@@ -105,6 +105,34 @@ class SyntheticConfig:
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: dict) -> "SyntheticConfig":
+        """The config a manifest stores (``to_json``'s lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# A SMOKE run's world (COURSE_SMOKE=1): the same renderer and network, a few identities, tens of
+# users, two pretraining epochs, so that a fresh runtime builds it in seconds. Its numbers mean nothing.
+SMOKE_SIZES = {"source_identities": 12, "source_images_per_identity": 5, "source_heldout_per_identity": 1,
+               "target_users": 40, "epochs": 2}
+# The world's seed when ensure_built() is not given one: COURSE_WORLD_SEED, else 0 (the course's world).
+ENV_WORLD_SEED = "COURSE_WORLD_SEED"
+
+
+def world_seed() -> int:
+    value = os.environ.get(ENV_WORLD_SEED, "").strip()
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        raise ValueError(f"{ENV_WORLD_SEED}={value!r}: expected an integer seed") from None
+
+
+def default_config(seed: int | None = None) -> SyntheticConfig:
+    """The world this run builds and uses: quick mode's (seed ``world_seed()`` unless given), or
+    in a SMOKE run (``helpers.course.paths.smoke()``) the tiny ``SMOKE_SIZES`` world."""
+    config = SyntheticConfig(seed=world_seed() if seed is None else int(seed))
+    return dataclasses.replace(config, **SMOKE_SIZES) if paths.smoke() else config
 
 
 # ----------------------------------------------------------------------------- populations
@@ -229,6 +257,13 @@ def _fold_row(face: TargetFace, rng: np.random.Generator, nuisance) -> str:
     return "\t".join(str(v) for v in values)
 
 
+def target_stream(config: SyntheticConfig, face: TargetFace):
+    """The random stream of one target image and its nuisance, as ``write_adience`` draws them
+    (so that ``trait_masks`` re-renders exactly the face on disk)."""
+    rng = _rng(config.seed, _STREAM_TARGET, face.person_index, face.image_index + 1)
+    return rng, sample_nuisance(rng)
+
+
 def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bool = False,
                   render: Callable = render_face) -> dict:
     """Render the target population into ``root`` in Adience's layout (atomic: all or nothing)."""
@@ -239,8 +274,7 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
     bar = tqdm(total=len(faces), desc="target faces (Adience layout)", mininterval=1.0, disable=not progress)
     with atomic_dir(root) as tmp:
         for face in faces:
-            rng = _rng(config.seed, _STREAM_TARGET, face.person_index, face.image_index + 1)
-            nuisance = sample_nuisance(rng)
+            rng, nuisance = target_stream(config, face)
             image = render(people[face.person_index], rng, config.image_size, nuisance=nuisance)
             out = tmp / face.path
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,12 +297,17 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
 
 # ----------------------------------------------------------------------------- build and cache
 
+def world_dir() -> Path:
+    """The folder of quick mode's world: ``adience/`` (the target faces), ``source/``, the manifest."""
+    return paths.assets_for("quick").dataset_root.parent
+
+
 def source_path() -> Path:
-    return paths.data_dir() / "synthetic" / "source" / "faces.npz"
+    return world_dir() / "source" / "faces.npz"
 
 
 def manifest_path() -> Path:
-    return paths.data_dir() / "synthetic" / "manifest.json"
+    return world_dir() / "manifest.json"
 
 
 def _versions() -> dict[str, str]:
@@ -299,15 +338,16 @@ def is_built(config: SyntheticConfig) -> bool:
             and all(p.exists() for p in _expected_files()))
 
 
-def ensure_built(force: bool = False, seed: int = 0, progress: bool = True,
+def ensure_built(force: bool = False, seed: int | None = None, progress: bool = True,
                  config: SyntheticConfig | None = None) -> dict:
     """Build the quick-mode world (data + miniature weights) unless an identical build exists.
 
     Returns the manifest (parameters, versions, counts, held-out identity accuracy, seconds)
     plus ``"built_now"``. ``config`` overrides every parameter (tests use tiny worlds);
-    otherwise the defaults with ``seed``.
+    otherwise ``default_config(seed)``: the course's world (seed ``COURSE_WORLD_SEED`` or 0),
+    or the tiny SMOKE world in its own folders when ``COURSE_SMOKE=1``.
     """
-    config = (config or SyntheticConfig(seed=seed)).validate()
+    config = (config or default_config(seed)).validate()
     if not force and is_built(config):
         manifest = json.loads(manifest_path().read_text(encoding="utf-8"))
         if progress:
@@ -321,7 +361,8 @@ def ensure_built(force: bool = False, seed: int = 0, progress: bool = True,
     manifest_path().unlink(missing_ok=True)
     assets = paths.assets_for("quick")
     say = print if progress else (lambda *a, **k: None)
-    say("Building quick mode's SYNTHETIC face world (drawn faces, not real people) and a miniature VGG-Face.")
+    say(f"Building quick mode's SYNTHETIC face world (drawn faces, not real people) and a miniature VGG-Face"
+        f"{' (the tiny world of SMOKE runs)' if paths.smoke() else ''}, seed {config.seed}.")
 
     t0 = time.time()
     say("1/4 rendering the pretraining (source) identities ...")
