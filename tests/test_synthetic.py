@@ -294,3 +294,162 @@ def test_story_numbers_are_measured_once_per_build_and_recorded(tmp_path, monkey
     synthetic.manifest_path().write_text('{"build": 2}')  # a rebuilt world is measured again
     assert synthetic.story_numbers(progress=False)["run"] == 2
     assert _json.loads(synthetic.story_path().read_text())["story"]["run"] == 2
+
+
+# ----------------------------------------------------------------------------- trait masks
+
+def _dilate(mask: np.ndarray, steps: int = 1) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _adult(gender: str, seed: int = 0, **traits):
+    import dataclasses
+
+    person = sample_person(np.random.default_rng(seed), gender, 5)
+    return dataclasses.replace(person, **traits)
+
+
+def _nuisance(seed: int, **changes):
+    import dataclasses
+
+    from helpers.synthetic.faces import sample_nuisance
+
+    return dataclasses.replace(sample_nuisance(np.random.default_rng(seed)), angle=8.0, **changes)
+
+
+def test_masks_leave_the_face_and_its_random_stream_untouched():
+    from helpers.synthetic.faces import MASK_TRAITS, render_face_and_masks
+
+    people = [_adult("m", beard="full", moustache=True, glasses=True), _adult("f", 1, earrings=True, eyeliner=1.0),
+              sample_person(np.random.default_rng(2), "m", 1)]
+    for i, person in enumerate(people):
+        for occlusion in (False, True):
+            nz = _nuisance(i, occlusion=occlusion)
+            r1, r2 = np.random.default_rng(10 + i), np.random.default_rng(10 + i)
+            plain = render_face(person, r1, 64, nuisance=nz)
+            image, masks = render_face_and_masks(person, r2, 64, nuisance=nz)
+            assert image.tobytes() == plain.tobytes()
+            assert r1.random() == r2.random()  # the masks drew nothing from the stream
+            assert set(masks) == set(MASK_TRAITS)
+            assert all(m.shape == (64, 64) and m.dtype == bool for m in masks.values())
+            assert masks["occluder"].any() == occlusion
+            for name, m in masks.items():  # nothing shows through the object in front of the face
+                if name != "occluder" and occlusion:
+                    assert not (m & _erode(masks["occluder"])).any(), name
+
+
+def _erode(mask):
+    return ~_dilate(~mask)
+
+
+@pytest.mark.parametrize("trait, on, off, gone_when_off", [
+    ("beard", {"beard": "full"}, {"beard": "none"}, True),
+    ("beard", {"beard": "stubble"}, {"beard": "none"}, True),
+    ("moustache", {"moustache": True}, {"moustache": False}, True),
+    ("glasses", {"glasses": True}, {"glasses": False}, True),
+    ("lips", {"lipstick": True}, {"lipstick": False}, False),
+    ("earrings", {"earrings": True}, {"earrings": False}, True),
+    ("brows", {"brow_thick": 1.0}, {"brow_thick": 0.0}, False),
+    ("hair_beyond_head", {"hair_style": "long"}, {"hair_style": "short"}, False),
+])
+def test_a_trait_changes_the_image_only_inside_its_mask(trait, on, off, gone_when_off):
+    """Draw one face with and without a trait (same random stream): the pixels that change lie
+    in the trait's mask (one pixel of slack for antialiasing), and most of the mask changes."""
+    from helpers.synthetic.faces import render_face_and_masks
+
+    gender = "m" if trait in ("beard", "moustache") else "f"
+    nz = _nuisance(3)
+    x_on, m_on = render_face_and_masks(_adult(gender, 4, **on), np.random.default_rng(7), 64, nuisance=nz)
+    x_off, m_off = render_face_and_masks(_adult(gender, 4, **off), np.random.default_rng(7), 64, nuisance=nz)
+    changed = np.abs(x_on.astype(int) - x_off.astype(int)).max(-1) > 24
+    region = m_on[trait] | m_off[trait]
+    if trait == "hair_beyond_head":  # short hair is hair too: the change is in the hair masks
+        region = m_on["hair"] | m_off["hair"]
+    assert region.sum() >= 4, f"{trait}: empty mask"
+    assert changed.any(), f"{trait}: toggling it changed nothing"
+    outside = changed & ~_dilate(region)
+    assert outside.sum() <= 0.02 * changed.sum(), f"{trait}: {outside.sum()} of {changed.sum()} changed pixels lie outside its mask"
+    if trait not in ("lips", "brows"):  # lips and brows only change colour or width inside them
+        assert (changed & region).sum() >= 0.5 * m_on[trait].sum()
+    if gone_when_off:
+        assert not m_off[trait].any(), f"{trait}: mask present on a face without it"
+
+
+def test_masks_follow_the_pose_and_a_stricter_coverage_is_a_subset():
+    from helpers.synthetic.faces import render_face_and_masks
+
+    person = _adult("m", 5, beard="full", moustache=True)
+    _, straight = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1, shift_x=0.0))
+    _, moved = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1, shift_x=0.1))
+    col = lambda m: np.flatnonzero(m.any(0)).mean()  # noqa: E731 - the mask's mean column
+    assert 4 < col(moved["beard"]) - col(straight["beard"]) < 9  # 0.1 of 64 px: about 6 px to the right
+    rows = lambda m: np.flatnonzero(m.any(1)).mean()  # noqa: E731
+    assert rows(straight["beard"]) > rows(straight["eyes"]) > rows(straight["hair"])  # beard below the eyes, hair above
+    _, strict = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1), min_coverage=1.0)
+    _, loose = render_face_and_masks(person, np.random.default_rng(1), 64, nuisance=_nuisance(1), min_coverage=0.25)
+    for name in loose:
+        assert not (strict[name] & ~loose[name]).any(), name
+    with pytest.raises(ValueError, match="min_coverage"):
+        render_face_and_masks(person, np.random.default_rng(1), 64, min_coverage=0.0)
+
+
+@pytest.fixture
+def masked_world(tmp_path):
+    """A small world on disk in the layout trait_masks reads (faces + manifest beside them)."""
+    config = syn.SyntheticConfig(**{**TINY.__dict__, "target_users": 40, "faces_per_person": (2, 3)})
+    root = tmp_path / "synthetic" / "adience"
+    world.write_adience(root, config)
+    (root.parent / "manifest.json").write_text(json.dumps({"config": config.to_json()}))
+    return root, config
+
+
+def test_trait_masks_of_the_faces_on_disk(masked_world):
+    from PIL import Image
+
+    from helpers.data import read_adience_folds
+
+    root, config = masked_world
+    df = read_adience_folds(root)
+    masks = syn.trait_masks(df["path"], root)
+    assert set(syn.GENDERED_TRAITS) == {"beard", "moustache", "hair_beyond_head", "lips", "brows"}
+    assert set(syn.NEUTRAL_TRAITS) == {"glasses", "clutter"}
+    assert set(syn.GENDERED_TRAITS) | set(syn.NEUTRAL_TRAITS) <= set(masks)
+    n, s = len(df), config.image_size
+    assert n > 100 and all(m.shape == (n, s, s) and m.dtype == bool for m in masks.values())
+    people, faces = syn.target_people(config)
+    by_path = {f.path: people[f.person_index] for f in faces}
+    truth = [by_path[p] for p in df["path"]]
+    no_beard = np.array([p.gender == "f" or p.age_index <= 2 for p in truth])
+    assert not masks["beard"][no_beard].any() and not masks["moustache"][no_beard].any()
+    bearded = np.array([p.beard != "none" for p in truth])
+    assert bearded.any() and masks["beard"][bearded].any(axis=(1, 2)).mean() > 0.8
+    assert masks["lips"].any(axis=(1, 2)).mean() > 0.9 and masks["brows"].any(axis=(1, 2)).mean() > 0.9
+    assert masks["clutter"].any(axis=(1, 2)).mean() > 0.3
+    strict = syn.trait_masks(df["path"], root, min_coverage=0.75)  # "mostly shows": one trait per pixel
+    for a in syn.MASK_TRAITS:
+        for b in syn.MASK_TRAITS:
+            if a < b and {a, b} != {"hair", "hair_beyond_head"}:
+                assert not (strict[a] & strict[b]).any(), (a, b)
+    # a subset, in any order, gives the same masks as the whole
+    pick = [7, 0, 3]
+    again = syn.trait_masks(df["path"].iloc[pick], root)
+    np.testing.assert_array_equal(again["beard"], masks["beard"][pick])
+
+    # the default root is quick mode's world
+    with pytest.raises(FileNotFoundError, match="no synthetic world"):
+        syn.trait_masks(df["path"][:1])
+    with pytest.raises(ValueError, match="not faces of the synthetic world"):
+        syn.trait_masks(["aligned/nobody/landmark_aligned_face.1.x.jpg"], root)
+    # a file that is not the face this world draws there is refused, naming it
+    first, second = root / df["path"][0], root / df["path"][1]
+    Image.open(second).save(first, format="JPEG")
+    with pytest.raises(ValueError, match=re.escape(str(first))):
+        syn.trait_masks(df["path"][:1], root)

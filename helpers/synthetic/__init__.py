@@ -27,8 +27,10 @@ measures that transfer really helps (the numbers the course quotes in quick mode
 
 Modules: ``faces`` (the renderer), ``world`` (populations, Adience-layout writer, build and
 cache), ``pretrain`` (the miniature VGG-Face: training, BatchNorm folding, Caffe export),
-``story`` (the measurements notebook 00 shows). Importing this package does not load Keras.
+``story`` (the measurements notebook 00 shows), ``masks`` (``trait_masks``: where each trait is
+in each target face, for judging explanations). Importing this package does not load Keras.
 """
+from .masks import GENDERED_TRAITS, MASK_TRAITS, NEUTRAL_TRAITS, trait_masks
 from .story import record_story, story_checks, story_numbers, story_path
 from .world import (
     GENERATOR_VERSION,
@@ -41,10 +43,11 @@ from .world import (
     source_path,
     source_people,
     target_people,
+    world_dir,
 )
 
 __all__ = [
-    "GENERATOR_VERSION", "SyntheticConfig", "ensure_built", "identity_name", "is_built", "load_source",
-    "manifest_path", "record_story", "source_path", "source_people", "story_checks", "story_numbers", "story_path",
-    "target_people",
+    "GENDERED_TRAITS", "MASK_TRAITS", "NEUTRAL_TRAITS", "GENERATOR_VERSION", "SyntheticConfig", "ensure_built",
+    "identity_name", "is_built", "load_source", "manifest_path", "record_story", "source_path", "source_people", "story_checks", "story_numbers", "story_path",
+    "target_people", "trait_masks", "world_dir",
 ]

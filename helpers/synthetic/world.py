@@ -106,6 +106,11 @@ class SyntheticConfig:
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    @classmethod
+    def from_json(cls, values: dict) -> "SyntheticConfig":
+        """The config a manifest stores (``to_json``'s lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 # ----------------------------------------------------------------------------- populations
 
@@ -229,6 +234,13 @@ def _fold_row(face: TargetFace, rng: np.random.Generator, nuisance) -> str:
     return "\t".join(str(v) for v in values)
 
 
+def target_stream(config: SyntheticConfig, face: TargetFace):
+    """The random stream of one target image and its nuisance, as ``write_adience`` draws them
+    (so that ``trait_masks`` re-renders exactly the face on disk)."""
+    rng = _rng(config.seed, _STREAM_TARGET, face.person_index, face.image_index + 1)
+    return rng, sample_nuisance(rng)
+
+
 def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bool = False,
                   render: Callable = render_face) -> dict:
     """Render the target population into ``root`` in Adience's layout (atomic: all or nothing)."""
@@ -239,8 +251,7 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
     bar = tqdm(total=len(faces), desc="target faces (Adience layout)", mininterval=1.0, disable=not progress)
     with atomic_dir(root) as tmp:
         for face in faces:
-            rng = _rng(config.seed, _STREAM_TARGET, face.person_index, face.image_index + 1)
-            nuisance = sample_nuisance(rng)
+            rng, nuisance = target_stream(config, face)
             image = render(people[face.person_index], rng, config.image_size, nuisance=nuisance)
             out = tmp / face.path
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,12 +274,17 @@ def write_adience(root: str | os.PathLike, config: SyntheticConfig, progress: bo
 
 # ----------------------------------------------------------------------------- build and cache
 
+def world_dir() -> Path:
+    """The folder of quick mode's world: ``adience/`` (the target faces), ``source/``, the manifest."""
+    return paths.assets_for("quick").dataset_root.parent
+
+
 def source_path() -> Path:
-    return paths.data_dir() / "synthetic" / "source" / "faces.npz"
+    return world_dir() / "source" / "faces.npz"
 
 
 def manifest_path() -> Path:
-    return paths.data_dir() / "synthetic" / "manifest.json"
+    return world_dir() / "manifest.json"
 
 
 def _versions() -> dict[str, str]:
