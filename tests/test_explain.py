@@ -370,6 +370,13 @@ def test_cascading_randomisation_changes_model_maps_and_exposes_a_model_blind_me
     assert explain.cascade_layers(model)[:3] == ["fc8", "fc7", "fc6"] and explain.cascade_layers(model)[-1] == "conv1_1"
     with pytest.raises(ValueError, match="pool5"):
         explain.cascading_randomisation(model, x, classes, methods, layers=["pool5"])
+    # measuring at fewer layers randomises the same layers in the same order: the same maps
+    fewer = explain.cascading_randomisation(model, x, classes, methods, layers=["fc8", "fc7", "conv5_3", "conv1_1"],
+                                            measure_at=["fc7", "conv1_1"])
+    assert list(fewer.correlations().index) == ["fc7", "conv1_1"]
+    np.testing.assert_allclose(fewer.maps["conv1_1"]["grad_cam"], result.maps["conv1_1"]["grad_cam"], rtol=1e-5)
+    with pytest.raises(ValueError, match="measure after"):
+        explain.cascading_randomisation(model, x, classes, methods, layers=["fc8"], measure_at=["fc7"])
 
 
 def test_rank_correlation_matches_scipy_per_face():
@@ -479,3 +486,27 @@ def test_full_mode_path_on_a_full_size_vggface_stand_in():
         assert m.shape == (1, 224, 224) and np.isfinite(m).all() and np.abs(m).max() > 0, method
     assert explain.method_agreement(maps).shape == (1, 4)
     assert set(explain.mean_maps(maps["grad_cam"], classes, ("m", "f"))) == {"m", "f"}
+
+
+def test_trait_shares_against_hand_counts():
+    masks = hand_masks(n=2)
+    maps = np.zeros((2, 16, 16))
+    maps[:, 13, 5] = 1.0  # all positive relevance on the beard
+    table = explain.trait_shares(maps, masks, ["beard", "lips", "clutter"])
+    assert table.loc["beard", "relevance_share"] == 1.0 and table.loc["lips", "relevance_share"] == 0.0
+    assert table.loc["beard", "ratio"] == pytest.approx(1.0 / (32 / 256))
+    assert table.loc["clutter", "faces_with_trait"] == 2
+    with pytest.raises(KeyError, match="earrings"):
+        explain.trait_shares(maps, masks, ["earrings"])
+
+
+def test_load_if_fits_says_why_a_model_is_not_used(tmp_path, tiny_vggface):
+    from helpers.course import fileio
+
+    model = tiny_vggface(classes=2, class_names=["m", "f"])
+    fileio.save_model(model, tmp_path / "gender.keras")
+    loaded, source = explain.load_if_fits(tmp_path / "gender.keras", ("m", "f"), (32, 32))
+    assert loaded is not None and source.endswith("gender.keras")
+    assert explain.load_if_fits(tmp_path / "gender.keras", ("m", "f", "u"), (32, 32))[1].startswith("gender.keras predicts")
+    assert "takes (32, 32) images" in explain.load_if_fits(tmp_path / "gender.keras", ("m", "f"), (64, 64))[1]
+    assert explain.load_if_fits(tmp_path / "missing.keras", ("m", "f"), (32, 32)) == (None, f"no missing.keras in {tmp_path}")

@@ -10,6 +10,7 @@ without the bookkeeping around them:
 - ``metrics``: the maps against quick mode's trait masks (pointing game, share of positive
   relevance on gendered and neutral regions, random-map baselines, user-level bootstrap);
 - ``sanity``: Adebayo et al.'s cascading randomisation (rank correlation per layer randomised);
+- ``models``: the trained models of notebooks 04 and 05, when they fit;
 - ``summaries``: which faces to explain, mean map per class, where methods disagree,
   examples per age group (what full mode shows without ground truth);
 - ``views``: the figures, and the viewer widget (``ExplanationViewer``).
@@ -43,18 +44,30 @@ from .metrics import (
     positive_share,
     regions,
     score_maps,
+    trait_shares,
     user_bootstrap_means,
 )
+from .models import load_if_fits
 from .sanity import RandomisationResult, cascade_layers, cascading_randomisation, copy_model, rank_correlation
 from .summaries import examples_per_group, faces_per_person, mean_maps, method_agreement, most_disagreeing
-from .views import ExplanationViewer, maps_grid, method_label, plot_mean_maps, plot_randomisation, plot_scores, show_map
+from .views import (
+    ExplanationViewer,
+    examples_grid,
+    maps_grid,
+    method_label,
+    plot_cascade_maps,
+    plot_mean_maps,
+    plot_randomisation,
+    plot_scores,
+    show_map,
+)
 
 __all__ = [
     "ExplanationViewer", "GRAD_CAM_LAYER", "LOGITS_LAYER", "MEAN_RGB", "METHODS", "RandomisationResult", "Regions",
     "SIGNED", "area_share", "cascade_layers", "cascading_randomisation", "class_margin", "compare_to_baseline",
-    "copy_model", "dilate", "examples_per_group", "explain", "faces_per_person", "grad_cam", "gradient_function",
-    "integrated_gradients", "maps_grid", "margins", "mean_maps", "method_agreement", "method_label",
-    "most_disagreeing", "normalise", "occlusion", "occlusion_positions", "plot_mean_maps", "plot_randomisation",
+    "copy_model", "dilate", "examples_grid", "examples_per_group", "explain", "faces_per_person", "grad_cam", "gradient_function",
+    "integrated_gradients", "load_if_fits", "maps_grid", "margins", "mean_maps", "method_agreement", "method_label",
+    "most_disagreeing", "normalise", "occlusion", "occlusion_positions", "plot_cascade_maps", "plot_mean_maps", "plot_randomisation",
     "plot_scores", "pointing_game", "positive_share", "predicted_classes", "rank_correlation", "regions",
-    "resize_maps", "score_maps", "show_map", "user_bootstrap_means",
+    "resize_maps", "score_maps", "show_map", "trait_shares", "user_bootstrap_means",
 ]

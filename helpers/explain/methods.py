@@ -21,9 +21,10 @@ The "grey" of occlusion and the baseline of integrated gradients are the same: V
 colour, which the model's preprocessing maps to exactly zero, so a grey region tells the first
 convolution nothing.
 
-Everything is written with ``keras.ops`` and Keras models except one function,
-``gradient_function``, the only place that asks the backend (TensorFlow in this course) for
-automatic differentiation.
+Everything is written with ``keras.ops`` and Keras models except two small functions side by
+side: ``gradient_function``, the only place that asks the backend (TensorFlow in this course)
+for automatic differentiation, and ``compiled_forward``, a forward pass compiled once per model
+(``model.predict`` on any other backend).
 """
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def gradient_function(score_fn: Callable) -> Callable:
     (the models run in inference mode), so row i of the gradient is d score_i / d x_i.
     This is the only place that asks the backend for automatic differentiation: everything else
     in the course's explanation code is ``keras.ops``. With TensorFlow the gradient is compiled
-    once (``tf.function``; about twice as fast as eager on the 2-core CPU) and reused for every
-    batch. Another backend needs its own branch here (``jax.vjp``, ``torch.autograd.grad``).
+    once (``tf.function``; about twice as fast as eager on the 2-core CPU) for any batch size and
+    reused for every batch. Another backend needs its own branch here (``jax.vjp``, ``torch.autograd.grad``).
     """
     backend = keras.backend.backend()
     if backend != "tensorflow":
@@ -68,7 +69,8 @@ def gradient_function(score_fn: Callable) -> Callable:
             "add the backend's gradient call in this one function")
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    compiled = []  # traced once, at the first call, for any batch size (the batch dimension is None)
+
     def scores_and_gradient(x, *args):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -76,13 +78,29 @@ def gradient_function(score_fn: Callable) -> Callable:
         return scores, tape.gradient(scores, x)
 
     def run(x, *args):
-        scores, grads = scores_and_gradient(ops.convert_to_tensor(x, "float32"),
-                                            *[ops.convert_to_tensor(a) for a in args])
+        tensors = [ops.convert_to_tensor(x, "float32"), *[ops.convert_to_tensor(a) for a in args]]
+        if not compiled:
+            signature = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in tensors]
+            compiled.append(tf.function(scores_and_gradient, input_signature=signature))
+        scores, grads = compiled[0](*tensors)
         if grads is None:
             raise ValueError("the score does not depend on the input: nothing to differentiate")
         return ops.convert_to_numpy(scores), ops.convert_to_numpy(grads)
 
     return run
+
+
+def compiled_forward(model: keras.Model) -> Callable:
+    """``x -> model(x, training=False)`` as a numpy array (float32), compiled once for any batch
+    size with TensorFlow (``model.predict`` would trace again for every new batch shape and every
+    model, and warn about it); with another backend, ``model.predict``."""
+    if keras.backend.backend() != "tensorflow":
+        return lambda x: np.asarray(model.predict(x, verbose=0), dtype="float32")
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), "float32")
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    return lambda x: np.asarray(ops.convert_to_numpy(fn(ops.convert_to_tensor(x, "float32"))), dtype="float32")
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -139,6 +157,7 @@ class _Parts:
         self.model = model  # kept, so the cache key (its id) cannot be reused while cached
         self.logits_name = logits
         self.logits = logits_model(model, logits)
+        self.forward = compiled_forward(self.logits)
         self.input_gradient = gradient_function(lambda x, c: class_margin(self.logits(x, training=False), c))
         self._splits: dict = {}
 
@@ -146,7 +165,7 @@ class _Parts:
         if layer not in self._splits:
             features, tail = split_model(self.model, layer, self.logits_name)
             grad = gradient_function(lambda a, c: class_margin(tail(a, training=False), c))
-            self._splits[layer] = (features, grad)
+            self._splits[layer] = (compiled_forward(features), tuple(features.output.shape[1:3]), grad)
         return self._splits[layer]
 
 
@@ -165,9 +184,12 @@ def _parts(model: keras.Model, logits: str) -> _Parts:
     return _PARTS[key]
 
 
+def _batched(forward: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([forward(x[s:s + int(batch_size)]) for s in range(0, len(x), int(batch_size))])
+
+
 def _logits(parts: _Parts, x: np.ndarray, batch_size: int) -> np.ndarray:
-    # predict() runs a compiled forward pass (traced once per model), in batches
-    return np.asarray(parts.logits.predict(x, batch_size=int(batch_size), verbose=0), dtype="float32")
+    return _batched(parts.forward, x, batch_size)
 
 
 def _margins_np(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -233,14 +255,14 @@ def grad_cam(model: keras.Model, images, classes=None, *, layer: str = GRAD_CAM_
     """
     x = _images(images)
     c = _classes(model, x, classes, logits)
-    features, margin_gradient = _parts(model, logits).split(layer)
+    features, feature_hw, margin_gradient = _parts(model, logits).split(layer)
     maps = []
     for s in range(0, len(x), int(batch_size)):
-        acts = np.asarray(features.predict(x[s:s + batch_size], batch_size=int(batch_size), verbose=0), "float32")
+        acts = features(x[s:s + batch_size])
         _, grads = margin_gradient(acts, c[s:s + batch_size])
         weights = ops.mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel: alpha_k
         maps.append(ops.convert_to_numpy(ops.relu(ops.sum(weights * acts, axis=-1))))
-    cams = np.concatenate(maps) if maps else np.zeros((0, *features.output.shape[1:3]), "float32")
+    cams = np.concatenate(maps) if maps else np.zeros((0, *feature_hw), "float32")
     if not upsample or not len(cams):
         return cams.astype("float32")
     h, w = x.shape[1:3]

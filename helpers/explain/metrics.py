@@ -196,3 +196,25 @@ def compare_to_baseline(scores: pd.DataFrame, users, *, n_boot: int = 1000, leve
                      "beats_baseline": bool(d.low > 0), "below_baseline": bool(d.high < 0),
                      "n_faces": int(s.n_faces), "n_users": int(s.n_users)})
     return pd.DataFrame(rows).set_index("score")
+
+
+def trait_shares(maps, masks: Mapping[str, np.ndarray], traits: Sequence[str]) -> pd.DataFrame:
+    """Per trait: the mean share of positive relevance on it, the mean share of the image it
+    covers, and their ratio (above 1: the maps favour the trait beyond its size). Faces on which
+    the trait is absent count with a share of 0 on both sides; faces whose map has no positive
+    relevance are left out (counted in ``n_faces``)."""
+    rows = []
+    for trait in traits:
+        if trait not in masks:
+            raise KeyError(f"no mask for trait {trait!r}; the masks have {sorted(masks)}")
+        share = positive_share(maps, masks[trait])
+        ok = np.isfinite(share)
+        area = area_share(masks[trait])[ok]
+        rows.append({"trait": trait, "relevance_share": float(share[ok].mean()) if ok.any() else np.nan,
+                     "area_share": float(area.mean()) if ok.any() else np.nan,
+                     "faces_with_trait": int(np.asarray(masks[trait]).reshape(len(share), -1).any(axis=1).sum()),
+                     "n_faces": int(ok.sum())})
+    out = pd.DataFrame(rows).set_index("trait")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["ratio"] = out["relevance_share"] / out["area_share"]
+    return out

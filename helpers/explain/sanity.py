@@ -69,10 +69,12 @@ class RandomisationResult:
 
 
 def cascading_randomisation(model: keras.Model, images, classes, methods: Mapping[str, Callable],
-                            *, layers: Sequence[str] | None = None, seed: int = 0,
-                            keep_maps: bool = True) -> RandomisationResult:
+                            *, layers: Sequence[str] | None = None, measure_at: Sequence[str] | None = None,
+                            seed: int = 0, keep_maps: bool = True) -> RandomisationResult:
     """Randomise ``layers`` (default ``cascade_layers(model)``) cumulatively from the top, and
-    after each compare every method's maps with the trained model's.
+    after each of ``measure_at`` (default: every one) compare every method's maps with the
+    trained model's. Measuring at fewer layers saves time; the layers in between are still
+    randomised, in order.
 
     ``methods``: ``{name: fn(model, images, classes) -> maps (N, H, W)}``. ``model`` itself is
     not changed (a copy is randomised).
@@ -82,6 +84,10 @@ def cascading_randomisation(model: keras.Model, images, classes, methods: Mappin
     unknown = [name for name in layers if name not in known]
     if unknown:
         raise ValueError(f"cannot randomise {unknown}: the layers with weights are {known}")
+    measure_at = set(layers if measure_at is None else measure_at)
+    if measure_at - set(layers):
+        raise ValueError(f"cannot measure after {sorted(measure_at - set(layers))}: not among the layers "
+                         f"randomised ({layers})")
     classes = np.asarray(classes)
     trained = {name: np.asarray(fn(model, images, classes)) for name, fn in methods.items()}
     saved = {"trained": trained} if keep_maps else {}
@@ -90,6 +96,8 @@ def cascading_randomisation(model: keras.Model, images, classes, methods: Mappin
     rows = []
     for layer in layers:
         randomise_layer(copy.get_layer(layer), rng)
+        if layer not in measure_at:
+            continue
         step = {}
         for name, fn in methods.items():
             maps = np.asarray(fn(copy, images, classes))

@@ -1,9 +1,10 @@
 """Figures of explanation maps, and the viewer widget of notebook 07.
 
 Every figure function returns its figure (the notebook shows it, a widget redraws it).
-Non-negative maps (Grad-CAM) are drawn in "inferno" from 0 to their maximum; signed maps
-(occlusion, integrated gradients) in red (supports the class) and blue (speaks against it),
-symmetric around zero. A cross marks each map's highest pixel, the pointing game's answer;
+Non-negative maps (Grad-CAM) are drawn in "inferno" from 0 up; signed maps (occlusion,
+integrated gradients) in red (supports the class) and blue (speaks against it), symmetric around
+zero. Each map is scaled to its 99th percentile of absolute values, not its maximum: a per-pixel
+map such as integrated gradients has a few extreme pixels that would otherwise wash out the rest. A cross marks each map's highest pixel, the pointing game's answer;
 in quick mode a green line outlines the face's gendered traits.
 """
 from __future__ import annotations
@@ -14,18 +15,30 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .methods import METHODS, SIGNED, normalise
+from .methods import METHODS, SIGNED
+
+
+SHORT_LABELS = {"grad_cam": "Grad-CAM", "occlusion": "occlusion", "integrated_gradients": "int. grad."}
 
 
 def method_label(method: str) -> str:
     return METHODS.get(method, method)
 
 
+def display_scale(heat) -> np.ndarray:
+    """``heat`` divided by its 99th percentile of absolute values and clipped to [-1, 1]."""
+    h = np.asarray(heat, dtype="float64")
+    finite = np.abs(h[np.isfinite(h)])
+    scale = np.percentile(finite, 99) if finite.size else 0.0
+    scale = scale if scale > 0 else (finite.max() if finite.size and finite.max() > 0 else 1.0)
+    return np.clip(h / scale, -1.0, 1.0)
+
+
 def show_map(ax, image, heat, *, signed: bool, outline=None, title: str = "", alpha: float = 0.6) -> None:
     """``image`` (RGB 0-255) under ``heat`` (H, W), the peak marked, ``outline`` (bool mask) drawn."""
     ax.imshow(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
     if heat is not None:
-        v = normalise(np.asarray(heat)[None])[0]
+        v = display_scale(heat)
         if signed:
             ax.imshow(v, cmap="RdBu_r", vmin=-1, vmax=1, alpha=alpha)
         else:
@@ -69,7 +82,7 @@ def plot_scores(table: pd.DataFrame, score: str = "pointing_game", ax=None, titl
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 3.2))
     fig = ax.figure
-    labels = [f"{model}\n{method_label(method)}" for model, method in table.index]
+    labels = [f"{SHORT_LABELS.get(method, method)}\n{model}" for model, method in table.index]
     x = np.arange(len(table))
     est = table["estimate"].to_numpy(float)
     err = np.vstack([est - table["low"].to_numpy(float), table["high"].to_numpy(float) - est])
@@ -79,7 +92,8 @@ def plot_scores(table: pd.DataFrame, score: str = "pointing_game", ax=None, titl
         ax.fill_between([i - 0.45, i + 0.45], lo, hi, color="grey", alpha=0.3, lw=0)
         ax.plot([i - 0.45, i + 0.45], [mid, mid], color="grey", lw=1.5, label="random map" if i == 0 else None)
     ax.set_xticks(x, labels, fontsize=8)
-    ax.set(ylim=(0, 1), ylabel=score.replace("_", " "), title=title or score.replace("_", " "))
+    top = float(np.nanmax(np.r_[table["high"].to_numpy(float), table["baseline_high"].to_numpy(float), 0.05]))
+    ax.set(ylim=(0, min(1.0, 1.3 * top)), ylabel=score.replace("_", " "), title=title or score.replace("_", " "))
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
@@ -114,11 +128,53 @@ def plot_mean_maps(means: Mapping[str, Mapping[str, tuple[np.ndarray, int]]], ti
         for j, name in enumerate(classes):
             heat, n = means[method][name]
             ax = axes[i, j]
-            ax.imshow(heat, cmap="RdBu_r" if signed else "inferno", vmin=-1 if signed else 0, vmax=1)
-            ax.set_title(f"{method_label(method)}: predicted {name} (n={n})", fontsize=8)
+            ax.imshow(display_scale(heat), cmap="RdBu_r" if signed else "inferno", vmin=-1 if signed else 0, vmax=1)
+            ax.set_title(f"{method_label(method)}\npredicted {name} (n={n})", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cascade_maps(image, result, face: int = 0, layers: Sequence[str] | None = None, size: float = 1.35):
+    """One face's maps (rows: methods) for the trained model and after each randomisation step
+    of a ``sanity.RandomisationResult`` kept with its maps (columns)."""
+    steps = ["trained", *[layer for layer in (layers or list(result.maps)) if layer != "trained" and layer in result.maps]]
+    methods = list(result.maps["trained"])
+    fig, axes = plt.subplots(len(methods), len(steps), figsize=(size * len(steps), size * len(methods) + 0.5), squeeze=False)
+    for i, method in enumerate(methods):
+        for j, step in enumerate(steps):
+            show_map(axes[i, j], image, result.maps[step][method][face], signed=SIGNED.get(method, True),
+                     title=(step if step == "trained" else f"→{step}") if i == 0 else "")
+        axes[i, 0].set_ylabel(method_label(method), fontsize=8)
+    fig.suptitle("one face's maps as the weights are randomised from fc8 down", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def examples_grid(images, maps: Mapping[str, np.ndarray], examples: pd.DataFrame, captions: Sequence[str],
+                  outlines=None, size: float = 1.3, title: str = ""):
+    """Rows: groups (``summaries.examples_per_group``); columns: the most confident correct face
+    and its maps, then the most confident mistake and its maps (blank where a group has none)."""
+    methods = list(maps)
+    per = 1 + len(methods)
+    fig, axes = plt.subplots(max(len(examples), 1), 2 * per, figsize=(size * 2 * per, size * max(len(examples), 1) + 0.6),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, row in enumerate(examples.itertuples(index=False)):
+        for k, (kind, index) in enumerate((("correct", row.correct), ("mistaken", row.mistaken))):
+            if index < 0:
+                axes[r, k * per].text(0.5, 0.5, f"no {kind}\nanswer", ha="center", va="center", fontsize=8)
+                continue
+            outline = None if outlines is None else outlines[index]
+            show_map(axes[r, k * per], images[index], None, signed=False, outline=outline,
+                     title=f"{row.group} {kind}\n{captions[index]}")
+            for j, method in enumerate(methods, start=1):
+                show_map(axes[r, k * per + j], images[index], maps[method][index], signed=SIGNED.get(method, True),
+                         outline=outline, title=method_label(method) if r == 0 else "")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -135,7 +191,8 @@ class ExplanationViewer:
     """
 
     def __init__(self, images, maps: Mapping[str, Mapping[str, np.ndarray]], *, y_true, y_pred: Mapping[str, np.ndarray],
-                 confidence: Mapping[str, np.ndarray], class_names: Sequence[str], outlines=None, details=None):
+                 confidence: Mapping[str, np.ndarray], class_names: Sequence[str], outlines=None, details=None,
+                 model: str | None = None, method: str | None = None, mistakes_only: bool = False):
         import ipywidgets as w
 
         self.images = np.asarray(images)
@@ -154,12 +211,16 @@ class ExplanationViewer:
             for method, arr in self.maps[m].items():
                 if len(arr) != len(self.images):
                     raise ValueError(f"maps[{m!r}][{method!r}] has {len(arr)} maps for {len(self.images)} faces")
-        self.redraws = 0
-        self.model = w.Dropdown(options=models, value=models[0], description="model")
         methods = list(self.maps[models[0]])
-        self.method = w.ToggleButtons(options=[(method_label(m), m) for m in methods], value=methods[0],
+        if model is not None and model not in models:
+            raise ValueError(f"model {model!r} is not among {models}")
+        if method is not None and method not in methods:
+            raise ValueError(f"method {method!r} is not among {methods}")
+        self.redraws = 0
+        self.model = w.Dropdown(options=models, value=model or models[0], description="model")
+        self.method = w.ToggleButtons(options=[(method_label(m), m) for m in methods], value=method or methods[0],
                                       description="method")
-        self.mistakes_only = w.Checkbox(value=False, description="mistakes only", indent=False)
+        self.mistakes_only = w.Checkbox(value=bool(mistakes_only), description="mistakes only", indent=False)
         self.face = w.Dropdown(options=self._face_options(), description="face")
         self.output = w.Output()
         self.model.observe(self._on_filter, names="value")
