@@ -170,7 +170,8 @@ class _Parts:
 
 
 _PARTS: "OrderedDict[tuple, _Parts]" = OrderedDict()
-_PARTS_KEPT = 8  # models whose parts are kept (least recently used dropped first)
+_PARTS_KEPT = 4  # models whose parts are kept (least recently used dropped first): a full-size
+#               VGG-Face holds 0.6 GB, and notebook 07 explains at most three models at a time
 
 
 def _parts(model: keras.Model, logits: str) -> _Parts:
