@@ -4,8 +4,10 @@ Every figure function returns its figure (the notebook shows it, a widget redraw
 Non-negative maps (Grad-CAM) are drawn in "inferno" from 0 up; signed maps (occlusion,
 integrated gradients) in red (supports the class) and blue (speaks against it), symmetric around
 zero. Each map is scaled to its 99th percentile of absolute values, not its maximum: a per-pixel
-map such as integrated gradients has a few extreme pixels that would otherwise wash out the rest. A cross marks each map's highest pixel, the pointing game's answer;
-in quick mode a green line outlines the face's gendered traits.
+map such as integrated gradients has a few extreme pixels that would otherwise wash out the rest.
+A cross marks each map's highest pixel, the pointing game's answer (the middle of a plateau when
+several pixels tie, as an upsampled Grad-CAM cell does); in quick mode a green line outlines the
+face's gendered traits.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from .methods import METHODS, SIGNED
-
 
 SHORT_LABELS = {"grad_cam": "Grad-CAM", "occlusion": "occlusion", "integrated_gradients": "int. grad."}
 
@@ -43,8 +44,11 @@ def show_map(ax, image, heat, *, signed: bool, outline=None, title: str = "", al
             ax.imshow(v, cmap="RdBu_r", vmin=-1, vmax=1, alpha=alpha)
         else:
             ax.imshow(v, cmap="inferno", vmin=0, vmax=1, alpha=alpha)
-        y, x = np.unravel_index(int(np.argmax(heat)), np.shape(heat))
-        ax.plot([x], [y], marker="+", color="cyan", markersize=9, markeredgewidth=1.5)
+        heat = np.asarray(heat)
+        peak = heat == heat.max()
+        if not peak.all():  # a constant map has no peak to mark
+            ys, xs = np.nonzero(peak)
+            ax.plot([xs.mean()], [ys.mean()], marker="+", color="cyan", markersize=9, markeredgewidth=1.5)
     if outline is not None and np.any(outline) and not np.all(outline):
         ax.contour(np.asarray(outline, float), levels=[0.5], colors="lime", linewidths=0.8)
     ax.set_title(title, fontsize=8)
