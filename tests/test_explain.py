@@ -510,3 +510,19 @@ def test_load_if_fits_says_why_a_model_is_not_used(tmp_path, tiny_vggface):
     assert explain.load_if_fits(tmp_path / "gender.keras", ("m", "f", "u"), (32, 32))[1].startswith("gender.keras predicts")
     assert "takes (32, 32) images" in explain.load_if_fits(tmp_path / "gender.keras", ("m", "f"), (64, 64))[1]
     assert explain.load_if_fits(tmp_path / "missing.keras", ("m", "f"), (32, 32)) == (None, f"no missing.keras in {tmp_path}")
+
+
+def test_score_table_and_random_baseline_cover_every_model_and_method():
+    n, hw = 30, 16
+    r = explain.regions(hand_masks(n=n, hw=hw), ("beard", "lips"), ("glasses", "clutter"))
+    users = np.repeat(np.arange(10), 3)
+    rng = np.random.default_rng(3)
+    maps = {"a": {"m1": rng.random((n, hw, hw)), "m2": rng.random((n, hw, hw))}, "b": {"m1": rng.random((n, hw, hw))}}
+    table, per_face = explain.score_table(maps, r, users, tolerance=2, n_boot=200, seed=1)
+    assert set(per_face) == {("a", "m1"), ("a", "m2"), ("b", "m1")}
+    assert set(table.index.get_level_values("score")) == {"pointing_game", "pointing_game_exact", "gendered_share", "neutral_share"}
+    exact = explain.compare_to_baseline(explain.score_maps(maps["a"]["m2"], r), users, n_boot=200, seed=1)
+    assert table.loc[("a", "m2", "pointing_game_exact"), "estimate"] == exact.loc["pointing_game", "estimate"]
+    base = explain.random_baseline(r, users, tolerance=2, n_boot=200, seed=1)
+    assert base.loc["pointing_game", "estimate"] == pytest.approx(table.loc[("b", "m1", "pointing_game"), "baseline"])
+    assert base.loc["gendered_share", "estimate"] == pytest.approx(40 / 256)

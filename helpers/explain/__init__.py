@@ -42,8 +42,10 @@ from .metrics import (
     dilate,
     pointing_game,
     positive_share,
+    random_baseline,
     regions,
     score_maps,
+    score_table,
     trait_shares,
     user_bootstrap_means,
 )
@@ -68,6 +70,6 @@ __all__ = [
     "copy_model", "dilate", "examples_grid", "examples_per_group", "explain", "faces_per_person", "grad_cam", "gradient_function",
     "integrated_gradients", "load_if_fits", "maps_grid", "margins", "mean_maps", "method_agreement", "method_label",
     "most_disagreeing", "normalise", "occlusion", "occlusion_positions", "plot_cascade_maps", "plot_mean_maps", "plot_randomisation",
-    "plot_scores", "pointing_game", "positive_share", "predicted_classes", "rank_correlation", "regions",
-    "resize_maps", "score_maps", "show_map", "trait_shares", "user_bootstrap_means",
+    "plot_scores", "pointing_game", "positive_share", "predicted_classes", "random_baseline", "rank_correlation", "regions",
+    "resize_maps", "score_maps", "score_table", "show_map", "trait_shares", "user_bootstrap_means",
 ]

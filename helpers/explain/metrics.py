@@ -218,3 +218,32 @@ def trait_shares(maps, masks: Mapping[str, np.ndarray], traits: Sequence[str]) -
     with np.errstate(invalid="ignore", divide="ignore"):
         out["ratio"] = out["relevance_share"] / out["area_share"]
     return out
+
+
+def random_baseline(regions: Regions, users, *, tolerance: int = 0, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The random map's expected scores (area shares), averaged over faces, with user intervals:
+    rows ``pointing_game`` (target grown by ``tolerance``), ``pointing_game_exact``,
+    ``gendered_share``, ``neutral_share``."""
+    return user_bootstrap_means(pd.DataFrame({
+        "pointing_game": area_share(dilate(regions.gendered, tolerance)),
+        "pointing_game_exact": area_share(regions.gendered),
+        "gendered_share": area_share(regions.gendered),
+        "neutral_share": area_share(regions.neutral),
+    }), users, n_boot=n_boot, seed=seed)
+
+
+def score_table(maps: Mapping[str, Mapping[str, np.ndarray]], regions: Regions, users, *, tolerance: int = 0,
+                n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """``compare_to_baseline`` for every model and method of ``maps[model][method]`` (maps at the
+    masks' resolution), plus the exact-pixel pointing game (``pointing_game_exact``) when
+    ``tolerance`` > 0. Returns the table, indexed by (model, method, score), and the per-face
+    scores ``{(model, method): score_maps(...)}`` (for paired comparisons between models)."""
+    tables, per_face = {}, {}
+    for model, by_method in maps.items():
+        for method, m in by_method.items():
+            per_face[model, method] = score_maps(m, regions, tolerance=tolerance)
+            table = compare_to_baseline(per_face[model, method], users, n_boot=n_boot, seed=seed)
+            exact = per_face[model, method] if tolerance == 0 else score_maps(m, regions)
+            table.loc["pointing_game_exact"] = compare_to_baseline(exact, users, n_boot=n_boot, seed=seed).loc["pointing_game"]
+            tables[model, method] = table
+    return pd.concat(tables, names=["model", "method"]), per_face
