@@ -481,16 +481,40 @@ def standard_error(p: float, n: int) -> float:
     return float(np.sqrt(p * (1 - p) / n))
 
 
-def paired_difference(correct_a, correct_b) -> tuple[float, float]:
+def clustered_standard_error(correct, groups) -> float:
+    """The standard error of an accuracy when faces come in groups that are alike (a person's
+    faces): the cluster-robust (sandwich) estimate, sqrt(sum_g (c_g - p n_g)^2) / N, with c_g the
+    correct answers and n_g the faces of group g. Equals about ``standard_error`` when every
+    group holds one face; grows when whole groups are right or wrong together."""
+    correct = np.asarray(correct, dtype=float)
+    groups = np.asarray(groups)
+    if correct.ndim != 1 or len(correct) != len(groups) or len(correct) == 0:
+        raise ValueError(f"need one group per answer, got {correct.shape} answers and {groups.shape} groups")
+    p = correct.mean()
+    _, index = np.unique(groups, return_inverse=True)
+    c = np.bincount(index, weights=correct)
+    n = np.bincount(index)
+    return float(np.sqrt(np.sum((c - p * n) ** 2)) / len(correct))
+
+
+def paired_difference(correct_a, correct_b, groups=None) -> tuple[float, float]:
     """Accuracy of A minus accuracy of B on the SAME faces, and the standard error of that
-    difference (per-face differences, so the faces both get right or both get wrong cancel:
-    far less noisy than two independent standard errors)."""
+    difference: per-face differences, so the faces both get right or both get wrong cancel (far
+    less noisy than two independent standard errors). With ``groups`` (the person of each face)
+    the standard error is cluster-robust, as in ``clustered_standard_error``."""
     a = np.asarray(correct_a, dtype=float)
     b = np.asarray(correct_b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"need two equally long per-face correctness vectors (n >= 2), got {a.shape} and {b.shape}")
     d = a - b
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    if groups is None:
+        return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    groups = np.asarray(groups)
+    if len(groups) != len(d):
+        raise ValueError(f"{len(d)} faces but {len(groups)} groups")
+    _, index = np.unique(groups, return_inverse=True)
+    residual = np.bincount(index, weights=d - d.mean())
+    return float(d.mean()), float(np.sqrt(np.sum(residual ** 2)) / len(d))
 
 
 class AccuracyCurve(keras.callbacks.Callback):
@@ -1061,13 +1085,16 @@ def estimate_stage_seconds(model: keras.Model, images, labels, *, trainable: Ite
 
 # The case study trains on fold 0 and tests on fold 1. Its validation set decides the best epoch,
 # the best configuration (and, in notebook 06, a threshold and a temperature), so it must be large
-# enough for those decisions: whole users drawn from folds 2-4, which share nobody with either.
-# A quarter of those folds: >= ~150 faces in quick mode (a standard error of <= 3 points), ~2,600
-# in full mode (a quarter of a training epoch's cost), and fold 0 stays whole for training.
+# enough for those decisions: whole users drawn from folds 2-4, which share nobody with either, so
+# fold 0 stays whole for training. Faces of one person are alike, so what counts is people as much
+# as faces: at least a quarter of those folds' faces AND at least 50 users. Full mode (~460 users
+# per fold): a quarter, ~2,600 faces, ~1/4 of a training epoch's cost. Quick mode (~36 users per
+# fold): about half, ~600 faces (>= ~150 needed; the person-level standard error ~3 points).
 CASE_STUDY_TRAIN_FOLDS = (0,)
 CASE_STUDY_TEST_FOLD = 1
 CASE_STUDY_VAL_FOLDS = (2, 3, 4)
 CASE_STUDY_VAL_FRACTION = 0.25
+CASE_STUDY_VAL_MIN_USERS = 50
 FOLD_VAL_FRACTION = 0.1
 SPLIT_KINDS = ("case_study", "fold")
 
@@ -1081,11 +1108,12 @@ CONFIG_KEYS = ("from_block", "val_accuracy", "test_accuracy", "epoch_seconds", "
 
 def make_split(df: pd.DataFrame, kind: str = "case_study", *, seed: int = 0, test_fold: int | None = None,
                val_folds: Sequence[int] | None = None, val_fraction: float | None = None,
-               train_folds: Sequence[int] | None = None):
+               val_min_users: int | None = None, train_folds: Sequence[int] | None = None):
     """The (train, val, test) split notebooks 04 and 05 train on, and its description.
 
     ``"case_study"``: train on fold 0, test on fold 1, validation = whole users drawn (seeded) from
-    folds 2-4 until they hold ``val_fraction`` (0.25) of those folds' faces. ``"fold"``: test on
+    folds 2-4 until they hold ``val_fraction`` (0.25) of those folds' faces and at least
+    ``val_min_users`` (50) users (all of them when there are fewer). ``"fold"``: test on
     ``test_fold``, train on the other folds, validation carved by user from training
     (``val_fraction`` 0.1, ``data.fold_split``). Returns ``(data.Split, spec)``; ``spec`` is the
     ``split`` entry of ``finetune_summary.json`` and ``make_split(df, **spec)`` gives the same split.
@@ -1120,13 +1148,21 @@ def make_split(df: pd.DataFrame, kind: str = "case_study", *, seed: int = 0, tes
     if missing:
         raise ValueError(f"the case-study split needs folds {sorted(roles)}; the faces have no fold(s) {missing} "
                          f"(folds present: {sorted(present)})")
+    min_users = CASE_STUDY_VAL_MIN_USERS if val_min_users is None else int(val_min_users)
     pool = df.loc[df["fold"].isin(val_folds)]
-    _, val = data.carve_validation(pool, fraction, seed)
+    users = np.array(sorted(pool["user_id"].unique()))
+    np.random.default_rng(seed).shuffle(users)
+    per_user = pool["user_id"].value_counts()
+    faces = np.cumsum(per_user[users].to_numpy())
+    # the first users (in the seeded order) that reach both targets
+    enough = np.flatnonzero((faces >= fraction * len(pool)) & (np.arange(1, len(users) + 1) >= min_users))
+    chosen = users[:enough[0] + 1] if len(enough) else users
+    val = pool.loc[pool["user_id"].isin(chosen)].copy()
     split = data.Split(df.loc[df["fold"].isin(train_folds)].copy(), val,
                        df.loc[df["fold"] == test_fold].copy())
     data.check_subject_exclusive(*split, context="the case-study split")
     spec = {"kind": "case_study", "train_folds": train_folds, "test_fold": test_fold, "val_folds": val_folds,
-            "val_fraction": fraction, "seed": seed}
+            "val_fraction": fraction, "val_min_users": min_users, "seed": seed}
     return split, spec
 
 

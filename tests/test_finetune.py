@@ -428,6 +428,27 @@ def test_predictions_cover_every_row_and_standard_errors_match_direct_formulas()
         finetune.paired_difference(a, b[:-1])
 
 
+def test_clustered_standard_errors_count_people_not_faces():
+    rng = np.random.default_rng(4)
+    users = np.repeat(np.arange(40), 10)  # 40 people, 10 faces each
+    alike = np.repeat(rng.random(40) < 0.7, 10).astype(float)  # a person's faces all right or all wrong
+    p = alike.mean()
+    direct = np.sqrt(sum((alike[users == u].sum() - p * 10) ** 2 for u in range(40))) / 400
+    assert finetune.clustered_standard_error(alike, users) == pytest.approx(direct)
+    # whole people right or wrong: the standard error of 40 answers, not of 400
+    assert finetune.clustered_standard_error(alike, users) == pytest.approx(np.sqrt(p * (1 - p) / 40), rel=1e-9)
+    independent = (rng.random(400) < 0.7).astype(float)
+    assert finetune.clustered_standard_error(independent, np.arange(400)) == pytest.approx(  # one face each
+        finetune.standard_error(independent.mean(), 400), rel=1e-9)
+    other = np.where(rng.random(400) < 0.9, alike, 1 - alike)
+    delta, se = finetune.paired_difference(alike, other, users)
+    d = alike - other
+    residual = [np.sum(d[users == u] - d.mean()) for u in range(40)]
+    assert delta == pytest.approx(d.mean()) and se == pytest.approx(np.sqrt(np.sum(np.square(residual))) / 400)
+    with pytest.raises(ValueError, match="one group per answer"):
+        finetune.clustered_standard_error(alike, users[:-1])
+
+
 def test_confident_mistakes_are_the_wrong_answers_in_order_of_confidence():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.97, 0.03], [0.55, 0.45], [0.08, 0.92]])
     labels = np.array([1, 1, 0, 1, 1, 0])
@@ -491,17 +512,22 @@ def test_case_study_split_keeps_fold_0_whole_and_draws_validation_users_from_fol
     df = five_folds()
     split, spec = finetune.make_split(df, "case_study", seed=3)
     assert spec == {"kind": "case_study", "train_folds": [0], "test_fold": 1, "val_folds": [2, 3, 4],
-                    "val_fraction": 0.25, "seed": 3}
+                    "val_fraction": 0.25, "val_min_users": 50, "seed": 3}
     assert split.train.equals(df[df["fold"] == 0]) and split.test.equals(df[df["fold"] == 1])
-    pool = df[df["fold"].isin([2, 3, 4])]
+    pool = df[df["fold"].isin([2, 3, 4])]  # 90 users
     assert set(split.val["fold"]) <= {2, 3, 4}
-    # whole users only, and just enough of them: a quarter of the pool's faces, plus at most one user
-    assert set(split.val["user_id"]).isdisjoint(set(pool["user_id"]) - set(split.val["user_id"]))
+    # whole users only: every face of a chosen user, none of the others
     val_users = split.val.groupby("user_id").size()
-    assert val_users.sum() == len(split.val)
     for user, n in val_users.items():
         assert n == (pool["user_id"] == user).sum()
-    assert 0.25 * len(pool) <= len(split.val) < 0.25 * len(pool) + 20
+    # 50 users are more than a quarter of the faces here: the users decide
+    assert len(val_users) == 50 and len(split.val) >= 0.25 * len(pool)
+    by_faces, spec_faces = finetune.make_split(df, "case_study", seed=3, val_min_users=1, val_fraction=0.4)
+    users = by_faces.val.groupby("user_id").size()
+    assert len(by_faces.val) >= 0.4 * len(pool) > len(by_faces.val) - users.max()  # just enough users
+    assert spec_faces["val_min_users"] == 1
+    everyone, _ = finetune.make_split(df, "case_study", seed=3, val_min_users=500)
+    assert everyone.val.equals(pool)  # fewer users than asked for: all of them
     again, _ = finetune.make_split(df, **spec)
     assert again.val.equals(split.val)
     other, _ = finetune.make_split(df, **{**spec, "seed": 4})
@@ -533,7 +559,7 @@ def summary_fields(**changes):
                            "mine": {**config, "from_block": ["conv5_3", "fc7", "fc8"]},
                            "everything": {**config, "from_block": 1, "peak_memory_bytes": 2 ** 30}},
                   split={"kind": "case_study", "train_folds": [0], "test_fold": 1, "val_folds": [2, 3, 4],
-                         "val_fraction": 0.25, "seed": 7},
+                         "val_fraction": 0.25, "val_min_users": 50, "seed": 7},
                   protocol="binary", class_names=("m", "f"), image_size=(64, 64), resize="direct",
                   mode="quick", seed=7)
     fields.update(changes)
