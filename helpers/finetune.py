@@ -411,7 +411,8 @@ def build_head(feature_dim: int, class_names: Sequence[str] = ("m", "f"), seed: 
 
 def logits_model(model: keras.Model) -> keras.Model:
     """The same model, ending at ``fc8`` (logits) instead of ``prob``."""
-    return keras.Model(model.inputs, model.get_layer(HEAD_LAYER).output, name=f"{model.name}_logits")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # one input stays one tensor
+    return keras.Model(inputs, model.get_layer(HEAD_LAYER).output, name=f"{model.name}_logits")
 
 
 def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
@@ -1253,7 +1254,7 @@ def load_head(path, model: keras.Model, class_names: Sequence[str]) -> tuple[ker
     path = Path(path)
     if not path.is_file():
         return None, f"no {path.name} (notebook 04 has not run here, or its files are not on this runtime)"
-    head = keras.saving.load_model(path)
+    head = keras.saving.load_model(path, compile=False)  # the weights; no optimizer to restore
     names = vggface.class_names(head)
     width = model.get_layer(FEATURE_LAYER).units
     if names != list(class_names) or head.input_shape[-1] != width:
@@ -1327,12 +1328,13 @@ def plot_input_views(original, augmented, preprocessed, direct, crop, *, title: 
 
     augmented = np.asarray(augmented)
     ncols = max(4, -(-len(augmented) // 2))
-    fig = plt.figure(figsize=(1.6 * ncols, 5.6))
+    fig = plt.figure(figsize=(2.0 * ncols, 6.6))
     grid = fig.add_gridspec(3, ncols)
-    panels = [(original, f"the file ({np.asarray(original).shape[1]}×{np.asarray(original).shape[0]} px)"),
-              (direct, f"'direct' resize to {direct.shape[1]}×{direct.shape[0]}"),
-              (crop, "'crop': short side ×256/224, centre crop"),
-              (preprocessed_for_display(preprocessed), "preprocess: BGR − mean\n(rescaled; B,G,R shown as R,G,B)")]
+    original = np.asarray(original)
+    panels = [(original, f"the file\n{original.shape[1]}×{original.shape[0]} px"),
+              (direct, f"'direct' resize\nto {direct.shape[1]}×{direct.shape[0]}"),
+              (crop, "'crop': short side ×256/224,\ncentre crop"),
+              (preprocessed_for_display(preprocessed), "preprocess: BGR − mean\n(rescaled, B,G,R shown as R,G,B)")]
     for j, (img, caption) in enumerate(panels):
         ax = fig.add_subplot(grid[0, j])
         ax.imshow(img if img.dtype.kind == "f" and img.max() <= 1.0 else np.clip(img, 0, 255).astype(np.uint8))
@@ -1371,11 +1373,14 @@ def plot_lr_range(table: pd.DataFrame, *, chosen: float | None = None, suggestio
 
 
 def plot_validation_curves(curves: Mapping[str, pd.DataFrame], *, head_epochs: int = 0, majority: float | None = None,
-                           se: float | None = None, title: str = "validation accuracy, epoch by epoch"):
+                           se: float | None = None, start: float | None = None,
+                           title: str = "validation accuracy, epoch by epoch"):
     """Each configuration's validation accuracy per epoch (``epoch`` 0-based as Keras logs it,
-    drawn as 1..n) on one plot; a line where stage 2 starts, the majority class, and a band of
-    ±2 standard errors around the best point (how far apart two epochs must be to differ)."""
+    drawn as 1..n) on one plot, from ``start`` (the accuracy every configuration starts from, at
+    epoch 0); a line where stage 2 starts, the majority class, and a band of ±2 standard errors
+    below the best point (how far apart two epochs must be to differ)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     best = None
@@ -1383,16 +1388,21 @@ def plot_validation_curves(curves: Mapping[str, pd.DataFrame], *, head_epochs: i
         if len(log) == 0:
             continue
         epochs = log["epoch"].to_numpy() + 1
-        ax.plot(epochs, log["val_accuracy"], "o-", label=name)
+        values = log["val_accuracy"].to_numpy()
+        if start is not None:
+            epochs, values = np.concatenate([[0], epochs]), np.concatenate([[start], values])
+        ax.plot(epochs, values, "o-", label=name)
         top = float(log["val_accuracy"].max())
         best = top if best is None else max(best, top)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if head_epochs:
         ax.axvline(head_epochs + 0.5, color="grey", ls=":", label="stage 2 begins")
     if majority is not None:
         ax.axhline(majority, color="black", ls="--", lw=1, label=f"majority class {majority:.1%}")
     if se is not None and best is not None:
         ax.axhspan(best - 2 * se, best, color="tab:blue", alpha=0.08, label=f"best − 2 SE (±{2 * se:.1%})")
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=title)
+    ax.set(xlabel="epoch" + (" (0: where every configuration starts)" if start is not None else ""),
+           ylabel="validation accuracy", title=title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
@@ -1401,62 +1411,70 @@ def plot_validation_curves(curves: Mapping[str, pd.DataFrame], *, head_epochs: i
 def plot_comparison(table: pd.DataFrame, *, majority: Mapping[str, float] | None = None,
                     title: str = "configurations: accuracy ± 2 standard errors"):
     """Bars of validation and test accuracy per configuration (``table`` indexed by name with
-    ``val_accuracy``, ``test_accuracy``, ``n_val``, ``n_test``), ±2 standard errors, and the
-    majority-class accuracy of each set as a line."""
+    ``val_accuracy``, ``val_se``, ``test_accuracy``, ``test_se``), error bars of ±2 standard
+    errors, and each set's majority-class accuracy as a dashed line."""
     import matplotlib.pyplot as plt
 
     names = list(table.index)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(names) + 2), 3.8))
-    for offset, (column, n_column, color, label) in zip(
-            (-0.2, 0.2), (("val_accuracy", "n_val", "tab:orange", "validation"),
-                          ("test_accuracy", "n_test", "tab:blue", "test"))):
-        acc = table[column].astype(float).to_numpy()
-        err = [2 * standard_error(a, int(n)) for a, n in zip(acc, table[n_column])]
+    for offset, (column, color, label) in zip((-0.2, 0.2), (("val", "tab:orange", "validation"),
+                                                            ("test", "tab:blue", "test"))):
+        acc = table[f"{column}_accuracy"].astype(float).to_numpy()
         ax.bar(x + offset, acc, width=0.4, color=color, alpha=0.8, label=label)
-        ax.errorbar(x + offset, acc, yerr=err, fmt="none", ecolor="black", capsize=3)
+        ax.errorbar(x + offset, acc, yerr=2 * table[f"{column}_se"].astype(float).to_numpy(), fmt="none",
+                    ecolor="black", capsize=3)
         if majority and label in majority:
             ax.axhline(majority[label], color=color, ls="--", lw=1, label=f"majority class, {label} {majority[label]:.1%}")
-    low = min(float(table[["val_accuracy", "test_accuracy"]].min().min()), min((majority or {"": 1}).values()))
+    acc = table[["val_accuracy", "test_accuracy"]].to_numpy(dtype=float)
+    lowest = float((acc - 2 * table[["val_se", "test_se"]].to_numpy(dtype=float)).min())
+    if majority:
+        lowest = min(lowest, *majority.values())
     ax.set_xticks(x, names, rotation=15)
-    ax.set(ylabel="accuracy", ylim=(max(0.0, low - 0.1), 1.0), title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set(ylabel="accuracy", ylim=(max(0.0, lowest - 0.05), 1.0), title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
 
-def plot_memory(estimates: Mapping[str, Mapping[str, MemoryEstimate]], *, measured: Mapping[str, int | None] | None = None,
-                limit_bytes: float | None = None, limit_label: str = ""):
-    """Stacked bars of the training-memory estimate per configuration (weights, gradients,
-    Adam's moments, activations), one panel per setting (e.g. this run, the full size on a T4);
-    a measured peak (GPU allocator) as a black tick where one exists, and a memory limit line."""
+def plot_memory(estimates: Mapping[str, Mapping[str, MemoryEstimate]], *,
+                measured: Mapping[str, Mapping[str, int | None]] | None = None,
+                limits: Mapping[str, tuple[float, str]] | None = None):
+    """Stacked bars of the training-memory estimate per configuration (weights, gradients, Adam's
+    moments, activations), one panel per setting (``{setting: {configuration: MemoryEstimate}}``,
+    e.g. this run, and the full size on a T4); ``measured`` (``{setting: {configuration: bytes}}``,
+    a GPU allocator's peak) as a black tick, ``limits`` (``{setting: (bytes, label)}``) as a line."""
     import matplotlib.pyplot as plt
 
     kinds = (("weights", "tab:grey"), ("gradients", "tab:orange"), ("optimizer", "tab:red"), ("activations", "tab:blue"))
-    fig, axes = plt.subplots(1, len(estimates), figsize=(5.2 * len(estimates), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(estimates), figsize=(5.4 * len(estimates), 0.5 * max(map(len, estimates.values())) + 2.2),
+                             squeeze=False)
     for ax, (setting, per_config) in zip(axes[0], estimates.items()):
         names = list(per_config)
         y = np.arange(len(names))
-        scale, unit = (2 ** 30, "GiB") if max(e.total for e in per_config.values()) > 2 ** 30 else (2 ** 20, "MiB")
+        largest = max([e.total for e in per_config.values()] + [(limits or {}).get(setting, (0, ""))[0]])
+        scale, unit = (2 ** 30, "GiB") if largest > 2 ** 30 else (2 ** 20, "MiB")
         left = np.zeros(len(names))
         for kind, color in kinds:
             values = np.array([getattr(per_config[n], kind) for n in names]) / scale
-            ax.barh(y, values, left=left, color=color, label=kind if ax is axes[0][0] else None)
+            ax.barh(y, values, left=left, color=color, label=kind)
             left += values
+        peaks = {n: p for n, p in (measured or {}).get(setting, {}).items() if p}
         for i, n in enumerate(names):
             ax.text(left[i], i, f" {per_config[n].total / scale:.2f} {unit}", va="center", fontsize=8)
-            peak = (measured or {}).get(n) if setting == list(estimates)[0] else None
-            if peak:
-                ax.plot([peak / scale] * 2, [i - 0.4, i + 0.4], color="black", lw=2)
-        if limit_bytes and setting != list(estimates)[0]:
-            ax.axvline(limit_bytes / scale, color="black", ls="--", lw=1)
-            ax.text(limit_bytes / scale, len(names) - 0.5, f" {limit_label}", fontsize=8, va="top")
+            if n in peaks:
+                ax.plot([peaks[n] / scale] * 2, [i - 0.4, i + 0.4], color="black", lw=2,
+                        label="measured peak" if n == next(iter(peaks)) else None)
+        if limits and setting in limits:
+            limit, label = limits[setting]
+            ax.axvline(limit / scale, color="black", ls="--", lw=1, label=label)
         ax.set_yticks(y, names)
-        ax.set(xlabel=unit, title=setting)
-        ax.set_xlim(0, max(left.max(), (limit_bytes or 0) / scale if setting != list(estimates)[0] else 0) * 1.35)
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("training memory, estimated (black tick: measured peak on a GPU)", fontsize=10)
-    fig.tight_layout()
+        ax.invert_yaxis()
+        ax.set(xlabel=unit, title=setting, xlim=(0, largest / scale * 1.3))
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), fontsize=8, loc="lower center", ncol=len(handles))
+    fig.suptitle("training memory per configuration, estimated", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

@@ -618,3 +618,57 @@ def test_summary_reader_none_when_absent_or_of_another_schema_and_errors_when_br
     path.write_text(json.dumps(broken))
     with pytest.raises(ValueError, match=r"missing \['split'\]"):
         finetune.read_summary(path)
+
+
+def test_input_views_show_the_file_both_resizes_the_preprocessed_face_and_every_augmentation():
+    rng = np.random.default_rng(0)
+    original = rng.uniform(0, 255, (80, 80, 3)).astype("float32")
+    face = original[:32, :32]
+    augmented = rng.uniform(0, 255, (8, 32, 32, 3))
+    preprocessed = keras.ops.convert_to_numpy(vggface.VGGFacePreprocess()(face[None]))[0]
+    shown = finetune.preprocessed_for_display(preprocessed)
+    assert shown.min() == 0 and shown.max() == pytest.approx(1.0)
+    # B, G, R kept in the network's order: the display's first channel is blue minus its mean
+    np.testing.assert_allclose(np.argsort(shown[..., 0].ravel()), np.argsort(face[..., 2].ravel()))
+    fig = finetune.plot_input_views(original, augmented, preprocessed, face, face)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 4 + 8 and titles[0] == "the file\n80×80 px"
+    assert sum(t.startswith("augmented #") for t in titles) == 8 and any("BGR" in t for t in titles)
+
+
+def test_comparison_and_curve_figures_draw_every_configuration_with_its_error_bars():
+    import pandas as pd
+
+    table = pd.DataFrame({"val_accuracy": [0.8, 0.85], "val_se": [0.03, 0.02],
+                          "test_accuracy": [0.78, 0.83], "test_se": [0.04, 0.03]}, index=["head_only", "everything"])
+    fig = finetune.plot_comparison(table, majority={"validation": 0.55, "test": 0.52})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["head_only", "everything"]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.78, 0.8, 0.83, 0.85]
+    caps = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert sorted(round(line.get_ydata()[0], 2) for line in caps) == [0.52, 0.55]
+    bars = [c for c in ax.collections]  # the error bars: ±2 SE around each bar
+    segments = np.concatenate([c.get_segments() for c in bars])
+    spans = sorted(round(float(abs(s[1][1] - s[0][1])), 3) for s in segments)
+    assert spans == [0.08, 0.12, 0.12, 0.16]
+    log = pd.DataFrame({"epoch": [0, 1, 2], "val_accuracy": [0.7, 0.8, 0.75]})
+    fig = finetune.plot_validation_curves({"a": log, "b": log.assign(val_accuracy=[0.6, 0.65, 0.9])},
+                                          head_epochs=1, majority=0.5, se=0.02, start=0.55)
+    drawn = [line for line in fig.axes[0].lines if line.get_label() in ("a", "b")]
+    assert [list(line.get_xdata()) for line in drawn] == [[0, 1, 2, 3]] * 2
+    assert list(drawn[1].get_ydata()) == [0.55, 0.6, 0.65, 0.9]
+
+
+def test_memory_figure_stacks_the_four_kinds_per_configuration():
+    model = gender_model()
+    estimates = {name: finetune.estimate_training_memory(model, FreezePlan.from_block(model, k), 8)
+                 for name, k in (("head_only", "head"), ("everything", 1))}
+    fig = finetune.plot_memory({"this run": estimates}, measured={"this run": {"everything": 10 * 2 ** 20}},
+                               limits={"this run": (20 * 2 ** 20, "a limit")})
+    ax = fig.axes[0]
+    widths = np.array([p.get_width() for p in ax.patches]).reshape(4, 2)  # kinds x configurations
+    totals = widths.sum(axis=0) * 2 ** 20
+    np.testing.assert_allclose(totals, [estimates["head_only"].total, estimates["everything"].total], rtol=1e-9)
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"weights", "gradients", "optimizer", "activations", "measured peak", "a limit"} <= labels
