@@ -1,25 +1,31 @@
-"""Fine-tuning VGG-Face for gender: freezing plans, a head on cached features, two-stage training.
+"""Fine-tuning VGG-Face for gender: the bookkeeping around what notebooks 04 and 05 teach.
 
-The pieces notebooks 04 and 05 (and the cross-validation of notebook 06) train with:
+Notebooks 04 and 05 write the lesson in plain Keras in their cells (the head swap, freezing with
+``layer.trainable``, ``compile``, ``fit`` with Keras' callbacks, the recompile after unfreezing).
+This module holds what they and notebook 06 need around it:
 
-- **Freezing plans.** ``FreezePlan`` is a plain object (the set of layers that train, a
-  learning rate and a number of epochs per stage) that the freezing panel of
-  ``helpers.widgets`` edits and the training functions take, so a notebook runs headless with
-  the default plan. ``apply_freeze_plan`` sets ``layer.trainable``; only layers with weights are
-  touched, so Dropout (``drop6``, ``drop7``) stays active while training whatever is frozen,
-  and frozen layers run in inference mode.
-- **The head on cached features.** With the base frozen and in inference mode, ``drop7`` is the
-  identity, so the new ``fc8`` sees exactly ``fc7``'s output: training a small head model on
-  ``fc7`` features extracted once is the same computation as training ``fc8`` on the frozen
-  network fed with images (minus augmentation), only much faster. ``assemble_gender_model``
-  puts the trained head back on the network.
-- **Two stages.** Train the head, then unfreeze the plan's layers and continue at a low
-  learning rate, with Keras' own machinery: ``ModelCheckpoint`` (best ``.keras``),
-  ``CSVLogger``, ``EarlyStopping``, ``BackupAndRestore`` (an interrupted run resumes from its
-  last finished epoch), ``TensorBoard``, progress bars.
-- **Reproducibility and precision.** ``set_seeds`` (seeded, deterministic ops on CPU),
-  ``EpochSeededDropout`` (dropout masks depend on the epoch only, so a resumed run equals an
-  uninterrupted one), ``with_precision`` (``mixed_float16`` on a GPU, output layer in float32).
+- **Layer groups and freezing plans.** ``layer_groups`` (block1 .. block5, fc, head) and
+  ``FreezePlan`` (the layers that train, a rate and a number of epochs per stage): the plain
+  object the freezing panel of ``helpers.widgets`` edits.
+- **Memory.** ``estimate_training_memory`` (weights, gradients, Adam's moments, the activations
+  backpropagation keeps), from a model or from layer sizes: ``full_size_layer_sizes()`` counts the
+  real 145 M-parameter network from its spec without building it.
+- **The head on cached features** (``build_head``, ``train_head_on_features``, ``AccuracyCurve``)
+  and ``lr_range_test`` (Leslie Smith's learning-rate range test, seconds on cached features).
+- **Runs.** ``Run``: a configuration's folder named by its settings; finished stages skipped on a
+  rerun, an interrupted one resumed (``BackupAndRestore``), superseded folders pruned, files
+  without optimizer state once a stage is over, the best epoch left in the model.
+  ``train_two_stage`` is notebook 05's two stages as one function (for notebook 06).
+- **Reproducibility and precision.** ``set_seeds``, ``EpochSeededDropout`` (dropout masks depend
+  on the epoch only, so a resumed run equals an uninterrupted one), ``with_precision``
+  (``mixed_float16`` on a GPU, output layers in float32, loss scaling).
+- **Decisions and their noise.** ``predict_batches``, ``accuracy``, ``standard_error``,
+  ``clustered_standard_error`` and ``paired_difference`` (people, not faces, are the unit).
+- **The split and the summary.** ``make_split`` (the case study's split with a validation set
+  of whole users from folds 2-4), ``write_summary`` / ``read_summary`` / ``split_from_summary``:
+  ``finetune_summary.json``, the one schema notebook 05 writes and notebook 06 reads.
+- **Figures** of notebooks 04 and 05 (``show_batch``, ``plot_input_views``, ``plot_lr_range``,
+  ``plot_validation_curves``, ``plot_comparison``, ``plot_memory``, ``plot_plan``).
 """
 from __future__ import annotations
 
@@ -837,6 +843,8 @@ class Run:
     (weights and optimizer state, deleted by Keras when the stage ends). ``complete(model)``
     leaves the best epoch's weights in the model and deletes the last stage's weights: a
     finished run is its best weights, its log and its TensorBoard events.
+
+    ``Run(folder)`` (no name) uses ``folder`` as it is: no settings hash, nothing pruned.
     """
 
     def __init__(self, root, name: str | None = None, settings: Mapping | None = None, *, fresh: bool = False,

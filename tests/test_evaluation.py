@@ -324,7 +324,7 @@ def test_finetune_trainer_trains_afresh_in_an_emptied_run_folder(tmp_path):
     res = ev.cross_validate(df, trainer, folds=[0], class_names=NAMES, val_fraction=0.2, log=None)
     assert len(loads) == 1
     assert len(res.predictions) == int((df.fold == 0).sum())
-    assert (tmp_path / "cv" / "fold_0" / "best.keras").is_file()
+    assert (tmp_path / "cv" / "fold_0" / finetune.BEST_WEIGHTS).is_file()  # the best epoch, weights only
     stages = json.loads((tmp_path / "cv" / "fold_0" / "stages.json").read_text())
     assert stages["finetune"]["epochs_run"] == 1  # trained anew, not the stale record
     assert "head" not in stages  # started from the fold's head: no head stage
