@@ -211,6 +211,13 @@ def test_two_stage_schedule_trains_head_then_the_plan_frozen_layers_and_ends_on_
     # what a finished run keeps: the best weights (no optimizer state), the log, the stage records
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == ["best.weights.h5", "stages.json", "training_log.csv"]
+    bare = tmp_path / "bare.weights.h5"
+    gender_model().save_weights(bare)  # an uncompiled model: weights only
+    assert (tmp_path / "run" / "best.weights.h5").stat().st_size < 1.2 * bare.stat().st_size
+    summary = finetune.Run(tmp_path / "run").summary(from_block="block5", test_accuracy=0.5, trainable_params=10,
+                                                     estimated_memory_bytes=100)
+    assert list(summary) == list(finetune.CONFIG_KEYS) and summary["epochs_run"] == 4
+    assert summary["val_accuracy"] == run.history["val_accuracy"].max() and summary["peak_memory_bytes"] is None
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert set(stages) == {"head", "finetune", "complete"}
     # a rerun of the finished schedule trains nothing and restores the same weights
@@ -672,3 +679,32 @@ def test_memory_figure_stacks_the_four_kinds_per_configuration():
     np.testing.assert_allclose(totals, [estimates["head_only"].total, estimates["everything"].total], rtol=1e-9)
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert {"weights", "gradients", "optimizer", "activations", "measured peak", "a limit"} <= labels
+
+
+def test_dropping_the_optimizer_state_shrinks_saved_files_to_the_weights(tmp_path):
+    model = gender_model()
+    finetune.apply_freeze_plan(model, FreezePlan.from_block(model, 1))
+    finetune.compile_for_stage(model, 3e-4)
+    images, labels = toy_faces(16)
+    model.fit(images, labels, epochs=1, verbose=0)
+    model.save_weights(tmp_path / "with.weights.h5")
+    finetune.drop_optimizer_state(model)
+    assert finetune.learning_rate_of(model) == pytest.approx(3e-4)
+    model.save_weights(tmp_path / "without.weights.h5")
+    with_state, without = ((tmp_path / f).stat().st_size for f in ("with.weights.h5", "without.weights.h5"))
+    # Adam's two moments per trainable weight (float32) are gone: at least 2 x 4 bytes per parameter
+    assert with_state - without >= 2 * 4 * model.count_params()
+
+
+def test_load_head_takes_notebook_04s_head_only_when_it_fits(tmp_path):
+    model = gender_model()
+    path = tmp_path / "head_only_fc8.keras"
+    head, why = finetune.load_head(path, model, ("m", "f"))
+    assert head is None and "no head_only_fc8.keras" in why
+    finetune.build_head(16, ("m", "f"), seed=1).save(path)
+    head, why = finetune.load_head(path, model, ("m", "f"))
+    assert head is not None and str(path) in why
+    head, why = finetune.load_head(path, model, ("m", "f", "u"))
+    assert head is None and "['m', 'f', 'u']" in why
+    finetune.build_head(8, ("m", "f")).save(path)
+    assert finetune.load_head(path, model, ("m", "f"))[0] is None
