@@ -909,7 +909,7 @@ def finetune_trainer(load_base: Callable[[], object], root, class_names: Sequenc
     image size and seed (``finetune.run_directory``): an interrupted fold resumes after its last
     finished epoch when the same cell runs again, and an earlier run on another split is never
     resumed into this one. The test faces are predicted with the best epoch's weights
-    (``best.keras``, chosen on the validation faces). Once predicted, the fold's checkpoints are
+    (``finetune.BEST_WEIGHTS``, chosen on the validation faces). Once predicted, the fold's checkpoints are
     deleted unless ``keep_checkpoints`` (at full size they are 1-2 GB per fold); the training log stays.
     """
     from pathlib import Path

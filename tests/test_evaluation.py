@@ -334,7 +334,7 @@ def test_finetune_trainer_trains_afresh_per_split_resumes_its_own_and_prunes(tmp
     assert len(loads) == 1
     assert len(res.predictions) == int((df.fold == 0).sum())
     (run_dir,) = [d for d in (tmp_path / "cv").iterdir() if d.name.startswith("fold_0-")]
-    assert (run_dir / "best.keras").is_file()
+    assert (run_dir / finetune.BEST_WEIGHTS).is_file()  # the best epoch, weights only
     stages = json.loads((run_dir / "stages.json").read_text())
     assert stages["finetune"]["epochs_run"] == 1  # trained, not the other run's record
     assert "head" not in stages  # started from the fold's head: no head stage
