@@ -28,6 +28,8 @@ def isolated_course(request, tmp_path, monkeypatch):
     monkeypatch.setenv(paths.ENV_BUILD, str(root / "build"))
     monkeypatch.setenv(results.ENV_RESULTS, str(root / "build" / "results.json"))
     monkeypatch.delenv(paths.ENV_MODE, raising=False)
+    monkeypatch.delenv(paths.ENV_SMOKE, raising=False)  # environment.start() exports these two:
+    monkeypatch.delenv(paths.ENV_SUBSET, raising=False)  # a test that calls it must not shrink the next
     yield root
 
 
