@@ -100,30 +100,41 @@ def make_dataset(df: pd.DataFrame, root=None, *, image_size=(224, 224), resize: 
     random crop and a horizontal flip); evaluation is deterministic and keeps the table's order.
     Large images are read from the prepared cache (see the module docstring).
     """
-    import tensorflow as tf
-
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if len(df) == 0:
         raise ValueError("the DataFrame is empty: nothing to read")
     size = _target_size(image_size)
     pre = _read_size(size, resize, training)
-    pre_mode = "crop" if resize == "crop" else "direct"
     if labels and "label" not in df:
         raise ValueError("the DataFrame has no int 'label' column: call helpers.data.apply_protocol first")
     files = image_files(df, root, min_side=max(pre))
     check_files(files)
-    label_array = df["label"].to_numpy().astype(np.int32) if labels else np.zeros(len(df), np.int32)
+    label_array = df["label"].to_numpy().astype(np.int32) if labels else None
+    return files_dataset(files, label_array, image_size=size, resize=resize, training=training,
+                         batch_size=batch_size, shuffle_seed=shuffle_seed)
 
+
+def files_dataset(files: list[str], labels=None, *, image_size=(224, 224), resize: str = "crop",
+                  training: bool = False, batch_size: int = 32, shuffle_seed: int = 0):
+    """:func:`make_dataset`'s batches from a list of image files (and int labels, or ``None``):
+    the same decode, resize, augment and batch, with no prepared cache in between."""
+    import tensorflow as tf
+
+    size = _target_size(image_size)
+    pre = _read_size(size, resize, training)
+    pre_mode = "crop" if resize == "crop" else "direct"
+    with_labels = labels is not None
+    label_array = np.asarray(labels, dtype=np.int32) if with_labels else np.zeros(len(files), np.int32)
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(files), label_array))
     if training:  # shuffling file names is cheap: a full buffer, a perfect shuffle
-        ds = ds.shuffle(len(df), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)
 
     def example(item, seed):
         path, label = item
         image = augment_image(resize_image(decode_image(path), pre, pre_mode), size, tf.cast(seed, tf.int32), training)
-        return (image, label) if labels else image
+        return (image, label) if with_labels else image
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(example, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
