@@ -145,3 +145,21 @@ def test_generated_rows_fill_five_folds_at_any_size():
     assert standins.synthetic_fold_rows(50, seed=2)[0][0].fields == standins.synthetic_fold_rows(50, seed=2)[0][0].fields
     with pytest.raises(ValueError, match="20 or more"):
         standins.synthetic_fold_rows(10)
+
+
+def test_a_full_mode_run_on_stand_ins_says_so_and_records_it(adience_home, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from helpers.course import environment, results
+    from tests.tiny_vgg import tiny_vgg_netspec
+
+    home = tmp_path / "home"
+    shutil.copytree(adience_home[0] / "data", home / "data")
+    monkeypatch.setenv(paths.ENV_HOME, str(home))
+    standins.write_weights(paths.assets_for("full").caffe_dir, progress=False, net=tiny_vgg_netspec(classes=2622))
+    assert paths.missing_full_assets() == []
+    capsys.readouterr()
+    mode, assets = environment.start("auto", seed=0)
+    assert mode == "full" and "STAND-IN ASSETS: the VGG-Face weights and the Adience faces are stand-ins" in capsys.readouterr().out
+    results.record("x", 1.0)
+    assert results.load()["meta"]["standins"] == ["weights", "data"]
