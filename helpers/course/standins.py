@@ -558,7 +558,7 @@ def main(argv=None) -> int:
                  workers=args.workers)
     with course_home(args.home):
         print(banner())
-    print(f"use it with: COURSE_HOME={args.home} python -m helpers.course --mode full --smoke")
+    print(f"use it with: COURSE_HOME={args.home.resolve()} python -m helpers.course --mode full --smoke")
     return 0 if info else 1
 
 
