@@ -211,7 +211,9 @@ def prepared_dir() -> Path:
     if override:
         return Path(override).expanduser().resolve()
     if paths.in_colab():
-        return COLAB_LOCAL_DISK / "prepared"
+        # the runtime's /content (paths.colab_content(), where the Colab simulation has it)
+        content = paths.colab_content() if hasattr(paths, "colab_content") else Path("/content")
+        return Path(content) / COLAB_LOCAL_DISK.name / "prepared"
     return paths.build_dir() / "cache" / "prepared"
 
 

@@ -163,3 +163,16 @@ def test_a_full_mode_run_on_stand_ins_says_so_and_records_it(adience_home, tmp_p
     assert mode == "full" and "STAND-IN ASSETS: the VGG-Face weights and the Adience faces are stand-ins" in capsys.readouterr().out
     results.record("x", 1.0)
     assert results.load()["meta"]["standins"] == ["weights", "data"]
+
+
+def test_the_drive_layout_is_the_download_itself(tmp_path):
+    import tarfile
+
+    folds = standins.synthetic_fold_rows(20, seed=1)
+    info = standins.write_adience(tmp_path / "adience", folds, layout="archive", workers=1, progress=False)
+    names = sorted(p.name for p in (tmp_path / "adience").iterdir())
+    assert names == sorted(["aligned.tar.gz", standins.MARKER] + [f"fold_{k}_data.txt" for k in range(5)])
+    with tarfile.open(tmp_path / "adience" / "aligned.tar.gz") as tar:
+        members = [m.name for m in tar.getmembers() if m.isfile()]
+    assert len(members) == info["images_written"] and all(m.startswith("aligned/") for m in members)
+    assert info["missing_image"] not in members and info["truncated_image"] in members

@@ -434,10 +434,19 @@ def _plant_defects(folds: list[list[FoldRow]], seed: int) -> tuple[Defects, set[
     return defects, {defects.missing_image} - {""}, {defects.truncated_image} - {""}
 
 
+ARCHIVE_LAYOUTS = ("folder", "both", "archive")
+
+
 def write_adience(dataset_root, folds: list[list[FoldRow]], seed: int = 0, *, source: str = "generated",
-                  workers: int | None = None, progress: bool = True) -> dict:
+                  layout: str = "folder", workers: int | None = None, progress: bool = True) -> dict:
     """The Adience stand-in: fold files and 816 x 816 JPEGs in the real layout, with the defects
-    of :func:`_plant_defects` (atomic: the folder appears complete or not at all)."""
+    of :func:`_plant_defects` (atomic: the folder appears complete or not at all).
+
+    ``layout``: ``"folder"`` (``aligned/`` unpacked, as full mode reads it), ``"archive"`` (the
+    download as a learner puts it on Google Drive: ``aligned.tar.gz`` beside the fold files) or
+    ``"both"``."""
+    if layout not in ARCHIVE_LAYOUTS:
+        raise ValueError(f"layout must be one of {ARCHIVE_LAYOUTS}, got {layout!r}")
     from ..data import age_to_group
 
     t0 = time.perf_counter()
@@ -481,6 +490,14 @@ def write_adience(dataset_root, folds: list[list[FoldRow]], seed: int = 0, *, so
         for k, rows in enumerate(folds):
             text = "\t".join(FOLD_HEADER) + "\n" + "".join("\t".join(r.fields) + "\n" for r in rows)
             (tmp / f"fold_{k}_data.txt").write_text(text, encoding="utf-8")
+        if layout in ("archive", "both"):
+            import shutil
+            import tarfile
+
+            with tarfile.open(tmp / "aligned.tar.gz", "w:gz", compresslevel=1) as tar:  # JPEGs barely compress
+                tar.add(tmp / "aligned", arcname="aligned")
+            if layout == "archive":
+                shutil.rmtree(tmp / "aligned")
         n_rows = sum(len(f) for f in folds)
         users = len({r.user_id for f in folds for r in f})
         (tmp / MARKER).write_text(
@@ -506,7 +523,7 @@ def write_adience(dataset_root, folds: list[list[FoldRow]], seed: int = 0, *, so
 # ----------------------------------------------------------------------------- build
 
 def build(home=None, *, faces: int = 50, folds_from=None, seed: int = 0, parts=("weights", "data"),
-          workers: int | None = None, progress: bool = True) -> dict:
+          layout: str = "folder", workers: int | None = None, progress: bool = True) -> dict:
     """Write the stand-ins into ``home`` (default: ``COURSE_HOME`` / the repository) in the places
     ``paths.assets_for("full")`` names. Returns what was written (counts, bytes, defects)."""
     unknown = set(parts) - {"weights", "data"}
@@ -522,8 +539,8 @@ def build(home=None, *, faces: int = 50, folds_from=None, seed: int = 0, parts=(
                 folds, source = choose_rows(read_fold_rows(folds_from), faces, seed), f"from the fold files in {folds_from}"
             else:
                 folds, source = synthetic_fold_rows(faces, seed), "generated in Adience's format"
-            info["data"] = write_adience(assets.dataset_root, folds, seed=seed, source=source, workers=workers,
-                                         progress=progress)
+            info["data"] = write_adience(assets.dataset_root, folds, seed=seed, source=source, layout=layout,
+                                         workers=workers, progress=progress)
         return info
 
 
@@ -551,11 +568,14 @@ def main(argv=None) -> int:
                         help="real Adience fold files to take the rows from (read, never copied into the repository)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["weights", "data"], default=None, help="write one part only")
+    parser.add_argument("--layout", choices=ARCHIVE_LAYOUTS, default="folder",
+                        help="Adience as full mode reads it (folder: aligned/), as a learner uploads it to Drive "
+                             "(archive: aligned.tar.gz beside the fold files), or both")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing faces (default: every CPU)")
     args = parser.parse_args(argv)
     parts = (args.only,) if args.only else ("weights", "data")
     info = build(args.home, faces=args.faces, folds_from=args.folds_from, seed=args.seed, parts=parts,
-                 workers=args.workers)
+                 layout=args.layout, workers=args.workers)
     with course_home(args.home):
         print(banner())
     print(f"use it with: COURSE_HOME={args.home.resolve()} python -m helpers.course --mode full --smoke")
