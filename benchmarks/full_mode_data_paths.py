@@ -16,7 +16,8 @@ The phases are the notebooks' own calls, in their order and at their sizes:
   sizes; the real network's own 0.6 GB of weights come on top and are stated beside);
 - scratch inputs: notebook 03's from-scratch demo, 3,000 pool and 1,500 test faces at 224 px
   (``pipeline.load_images``, uint8 as 03 loads them in full mode, and float32 for comparison),
-  and the tensor ``embeddings.scratch_fewshot`` makes of the pool for its "all" point.
+  and the tensor ``embeddings.scratch_fewshot`` makes of the pool for its "all" point (a
+  float32 copy), beside the same tensor kept in uint8 and cast batch by batch.
 
 Memory is the process's ``RssAnon`` (what the OS cannot drop, unlike file pages), sampled every
 0.1 s. The last line prints ``peak / budget`` (goal: at most 1).
@@ -125,6 +126,15 @@ def main(argv=None) -> int:
         return next(iter(ds.batch(32)))[0].shape
 
     m.phase("03: scratch_fewshot's tensor of the pool ('all')", all_point)
+
+    def all_point_uint8():  # the same pool kept in uint8, cast batch by batch: what scratch_fewshot could do
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices((images[0], y[pool].astype(np.int32)))
+        ds = ds.map(lambda x, label: (tf.cast(x, tf.float32), label))
+        return next(iter(ds.batch(32)))[0].shape
+
+    m.phase("03: ... the pool's tensor in uint8, cast per batch", all_point_uint8)
     del images
     m.phase("03: scratch inputs in float32, for comparison",
             lambda: [pipeline.load_images(binary.iloc[idx], root, (224, 224), resize="direct") for idx in (pool, test)])
