@@ -1,15 +1,24 @@
-"""Is the input pipeline fast enough? Images per second of ``helpers.pipeline`` alone versus
-the model's forward pass alone, measured side by side on this machine.
+"""Is the input pipeline fast enough for full mode? Training batches per second from Adience-sized
+816 x 816 JPEGs against the prepared cache (decoded once to 256 px), measured side by side.
 
-Generates JPEG faces in a temporary folder (Adience-like sizes: a bit larger than the input,
-not square), reads them with ``make_dataset(training=True)`` (decode, resize, random crop,
-flip), and times a VGG-shaped Keras model (``helpers.vggface.vggface_netspec`` built by
-``helpers.caffe.build_keras_model``; a plain VGG16-like stack when those are unavailable) on
-batches already in memory. The last line prints ``pipeline/forward``: above 1 the pipeline
-is not what limits training.
+Full mode reads Adience's aligned faces: 816 x 816 JPEGs, about 60-70 kB each. Decoding one costs
+far more than the 224 x 224 the network wants, and a Colab T4 runs VGG16 at roughly 350 images/s
+in float16 (inference; a third of that when training every layer) while Colab gives two vCPUs:
+from the raw JPEGs, the GPU would wait for the CPU. ``helpers.pipeline`` therefore decodes every
+face once into a prepared cache of 256 px images. This script writes stand-in faces
+(``helpers.course.standins``: drawn faces with a photo's JPEG statistics) in a temporary folder
+and times, on the same faces, in one run:
 
-    python benchmarks/input_pipeline.py --size quick   # 64 px, the miniature VGG-Face
-    python benchmarks/input_pipeline.py --size full    # 224 px, the full-width VGG-Face
+1. ``raw``: ``pipeline.files_dataset`` on the 816 px originals (decode, resize, random crop, flip);
+2. ``prepared``: ``pipeline.make_dataset``, which reads the prepared 256 px JPEGs (the course's choice);
+3. ``uint8 array``: the same faces as one uint8 ``.npy`` of 256 x 256 images, memory-mapped
+   (the alternative: no decoding at all, but 4x the disk and a page cache it must fit in);
+
+plus the one-time cost of preparing, and the disk each form takes for Adience's 19,487 faces.
+The line to read is ``prepared/raw`` (goal: at least 3).
+
+    python benchmarks/input_pipeline.py                  # 256 faces, 224 px training batches
+    python benchmarks/input_pipeline.py --images 1024 --repeats 3
 """
 from __future__ import annotations
 
@@ -26,56 +35,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-SIZES = {
-    # image px, conv widths, fc widths, images to time
-    "quick": (64, (8, 16, 32, 64, 64), (256, 256), 512),
-    "full": (224, (64, 128, 256, 512, 512), (4096, 4096), 32),
-}
+ADIENCE_FACES = 19_487
 
 
-def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> pd.DataFrame:
-    from PIL import Image
+def write_faces(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` stand-in faces at Adience's size, ten photos per drawn person."""
+    from helpers.course import standins
 
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        h, w = int(size * rng.uniform(1.1, 1.5)), int(size * rng.uniform(1.1, 1.5))
-        # smooth content (like a face) rather than noise, so JPEG sizes are realistic
-        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
-        img.save(folder / f"{i}.jpg", quality=90)
-        rows.append({"path": f"{i}.jpg", "label": i % 2})
+    rows, tasks = [], []
+    for person in range(-(-n // 10)):
+        rels = [f"aligned/u{person % 17}/landmark_aligned_face.{person}.{k}_o.jpg"
+                for k in range(min(10, n - 10 * person))]
+        tasks.append((str(root), seed, (person,), "mf"[person % 2], 4, rels))
+        rows += [{"path": r, "label": person % 2} for r in rels]
+    for task in tasks:
+        standins._write_person(task)
     return pd.DataFrame(rows)
 
 
-def build_model(size: int, conv_widths, fc_widths):
-    try:
-        from helpers.caffe import build_keras_model
-        from helpers.vggface import vggface_netspec
-
-        net = vggface_netspec(conv_widths=conv_widths, fc_widths=fc_widths, n_classes=2, input_hw=(size, size))
-        return build_keras_model(net), "helpers.caffe.build_keras_model(vggface_netspec(...))"
-    except ImportError:
-        import keras
-
-        inputs = keras.Input((size, size, 3))
-        x = inputs
-        for width, n_convs in zip(conv_widths, (2, 2, 3, 3, 3)):
-            for _ in range(n_convs):
-                x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
-            x = keras.layers.MaxPooling2D(2)(x)
-        x = keras.layers.Flatten()(x)
-        for width in fc_widths:
-            x = keras.layers.Dense(width, activation="relu")(x)
-        outputs = keras.layers.Dense(2, activation="softmax")(x)
-        return keras.Model(inputs, outputs), "a VGG16-like keras.Sequential stand-in"
-
-
-def time_pipeline(df, root, size, batch_size, repeats, **options) -> float:
-    from helpers.pipeline import make_dataset
-
-    ds = make_dataset(df, root, image_size=(size, size), training=True, batch_size=batch_size, **options)
-    for _ in ds:  # warm-up epoch: graph tracing, file cache, (cache=True: filling it)
+def epochs_per_second(ds, repeats: int) -> float:
+    """Images per second, the best of ``repeats`` epochs after one warm-up epoch."""
+    for _ in ds:  # warm-up: graph tracing, the file cache
         pass
     best = 0.0
     for _ in range(repeats):
@@ -86,51 +66,88 @@ def time_pipeline(df, root, size, batch_size, repeats, **options) -> float:
     return best
 
 
-def time_forward(model, images: np.ndarray, batch_size: int, repeats: int) -> float:
+def uint8_dataset(array_path: Path, labels: np.ndarray, size: int, batch_size: int, seed: int = 0):
+    """Training batches from a memory-mapped uint8 (N, 256, 256, 3) array: random crop and flip."""
     import tensorflow as tf
 
-    forward = tf.function(lambda x: model(x, training=False), jit_compile=False)
-    batches = [tf.constant(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    forward(batches[0]).numpy()  # warm-up: tracing
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for b in batches:
-            forward(b).numpy()
-        best = max(best, len(images) / (time.perf_counter() - start))
-    return best
+    from helpers import pipeline
+
+    images = np.load(array_path, mmap_mode="r")
+    n = len(images)
+
+    def rows():
+        for i in np.random.default_rng(seed).permutation(n):
+            yield images[i], labels[i]
+
+    spec = (tf.TensorSpec(images.shape[1:], tf.uint8), tf.TensorSpec((), tf.int32))
+    ds = tf.data.Dataset.from_generator(rows, output_signature=spec)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def example(item, s):
+        image, label = item
+        pre = pipeline.read_side((size, size), "direct", training=True)
+        big = pipeline.resize_image(image, (pre, pre), "direct")
+        return pipeline.augment_image(big, (size, size), tf.cast(s, tf.int32), training=True), label
+
+    return tf.data.Dataset.zip((ds, seeds)).map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def folder_bytes(folder: Path, suffix: str) -> int:
+    return sum(p.stat().st_size for p in folder.rglob(f"*{suffix}"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="quick")
-    parser.add_argument("--images", type=int, default=None, help="images to time (default per size)")
+    parser.add_argument("--images", type=int, default=256, help="stand-in faces to time (default 256)")
+    parser.add_argument("--size", type=int, default=224, help="the network's input size (default 224)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
-    from helpers.pipeline import load_images
+    from helpers import pipeline
 
-    size, conv_widths, fc_widths, default_n = SIZES[args.size]
-    n = args.images or default_n
-    print(f"size={args.size}: {n} JPEGs of about {size}x{size}..{int(size * 1.5)} px, batch {args.batch_size}, "
-          f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU(s)")
+    print(f"{args.images} stand-in faces of 816 x 816 px -> training batches of {args.batch_size} at "
+          f"{args.size} px (decode, resize, random crop, flip); TensorFlow {tf.__version__}, "
+          f"{os.cpu_count()} CPU(s), {len(tf.config.list_physical_devices('GPU'))} GPU(s)")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        df = write_jpegs(root, n, size)
-        pipe = time_pipeline(df, root, size, args.batch_size, args.repeats)
-        pipe_cached = time_pipeline(df, root, size, args.batch_size, args.repeats, cache=True)
-        images = load_images(df, root, (size, size))
-    model, how = build_model(size, conv_widths, fc_widths)
-    fwd = time_forward(model, images, args.batch_size, args.repeats)
-    print(f"model: {how}, {model.count_params():,} parameters")
-    print(f"pipeline (decode+resize+crop+flip): {pipe:9.1f} images/s")
-    print(f"pipeline, cache=True:              {pipe_cached:9.1f} images/s")
-    print(f"forward pass alone:                 {fwd:9.1f} images/s")
-    print(f"cached pipeline/forward = {pipe_cached / fwd:.2f}")
-    print(f"pipeline/forward = {pipe / fwd:.2f}")
+        root, cache = Path(tmp) / "adience", Path(tmp) / "prepared"
+        os.environ[pipeline.ENV_PREPARED] = str(cache)
+        t0 = time.perf_counter()
+        df = write_faces(root, args.images)
+        print(f"wrote the faces in {time.perf_counter() - t0:.0f} s")
+        opts = dict(image_size=(args.size, args.size), resize="direct", training=True, batch_size=args.batch_size)
+        raw_files = [str(root / p) for p in df["path"]]
+        raw = epochs_per_second(pipeline.files_dataset(raw_files, df["label"], **opts), args.repeats)
+
+        t0 = time.perf_counter()
+        report = pipeline.prepare_images(df, root, progress=False)
+        prepare_rate = report.written / (time.perf_counter() - t0)
+        prepared = epochs_per_second(pipeline.make_dataset(df, root, **opts), args.repeats)
+        used = pipeline.image_files(df, root, min_side=pipeline.read_side((args.size,) * 2, "direct", training=True))
+        assert all(Path(f).is_relative_to(cache) for f in used), "make_dataset did not read the prepared cache"
+
+        side = pipeline.PREPARED_SIDE
+        arr = np.lib.format.open_memmap(Path(tmp) / "faces.npy", mode="w+", dtype=np.uint8, shape=(len(df), side, side, 3))
+        for i, f in enumerate(used):
+            arr[i] = pipeline.decode_image(f).numpy()[:side, :side]
+        arr.flush()
+        del arr
+        array = epochs_per_second(uint8_dataset(Path(tmp) / "faces.npy", df["label"].to_numpy(np.int32), args.size,
+                                                args.batch_size), args.repeats)
+        per_face = {"raw": folder_bytes(root, ".jpg") / len(df), "prepared": folder_bytes(report.folder, ".jpg") / len(df),
+                    "uint8 array": (Path(tmp) / "faces.npy").stat().st_size / len(df)}
+    gb = {k: v * ADIENCE_FACES / 1e9 for k, v in per_face.items()}
+    print(f"{'source':<14}{'images/s':>10}{'kB/face':>10}{'GB for Adience':>16}")
+    for name, rate in (("raw 816 px", raw), ("prepared", prepared), ("uint8 array", array)):
+        key = name.split(" ")[0] if name != "uint8 array" else name
+        print(f"{name:<14}{rate:>10.1f}{per_face[key] / 1e3:>10.1f}{gb[key]:>16.2f}")
+    print(f"preparing (once): {prepare_rate:.1f} images/s, so {ADIENCE_FACES / prepare_rate / 60:.1f} min for Adience here")
+    print(f"uint8 array/raw = {array / raw:.2f}")
+    print(f"prepared/raw = {prepared / raw:.2f}")
+    if not tf.config.list_physical_devices("GPU"):
+        print("no GPU here: the GPU's utilisation during training is not measured")
     return 0
 
 

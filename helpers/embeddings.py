@@ -447,7 +447,9 @@ class ScratchTrainer:
         import keras
         import tensorflow as tf
 
-        x = np.asarray(images, dtype=np.float32)
+        x = np.asarray(images)
+        if x.dtype != np.uint8:  # uint8 stays uint8 (a quarter of the memory); the network casts each batch
+            x = x.astype(np.float32, copy=False)
         y = np.asarray(labels).astype(np.int32)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"ScratchTrainer.fit: {len(x)} images and {len(y)} labels")

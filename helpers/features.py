@@ -12,7 +12,8 @@ name is a hash of the key (weights checksum, dataset id, preprocessing, image si
 reduction), so changing any part of the key recomputes. Files are written atomically, the JSON
 last, so an interrupted run never leaves an entry that looks complete.
 
-The simple way, for a DataFrame of faces (what notebooks 04 and 06 call)::
+The simple way, for a DataFrame of faces (what notebooks 03, 04 and 06 call): a cache over the
+whole dataset, one row per face, that any subset of faces reads (``features_for_frame``)::
 
     from helpers import features
     feats = features.features_for_frame(model, df, ASSETS.dataset_root, ["fc7"],
@@ -269,8 +270,6 @@ def _adaptive_avg_pool(maps: np.ndarray, grid: int) -> np.ndarray:
 
 
 def _batches(images_or_dataset, batch_size) -> tuple[Iterator[np.ndarray], int | None]:
-    if isinstance(images_or_dataset, _LazyDataset):
-        images_or_dataset = images_or_dataset.get()
     if isinstance(images_or_dataset, np.ndarray):
         images = images_or_dataset
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -343,7 +342,49 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-# --- DataFrames of faces -----------------------------------------------------------------------
+# --- DataFrames of faces: one cache over the whole dataset -------------------------------------
+
+def layer_fingerprints(model, layers: Iterable[str]) -> dict[str, str]:
+    """``{layer: SHA-256}`` of the weights each layer's output depends on (the layers between the
+    input and it), in memory. The converted base and a gender model built on it
+    (``vggface.replace_head``) give ``fc7`` the same fingerprint: they share those weights."""
+    from . import vggface
+
+    digests: dict[int, bytes] = {}
+    out = {}
+    for layer in layers:
+        sub = vggface.feature_model(model, [layer])
+        total = hashlib.sha256(f"{layer}|{_compute_dtype(model)}".encode())
+        for w in sub.weights:
+            if id(w) not in digests:
+                arr = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w))
+                d = hashlib.sha256(str(arr.shape).encode() + str(arr.dtype).encode())
+                d.update(memoryview(arr).cast("B") if arr.size else b"")
+                digests[id(w)] = d.digest()
+            total.update(digests[id(w)])
+        out[layer] = total.hexdigest()
+    return out
+
+
+def _compute_dtype(model) -> str:
+    """float32, or float16 under mixed precision: features computed in either differ slightly."""
+    policy = getattr(model, "dtype_policy", None)
+    return str(getattr(policy, "compute_dtype", None) or "float32")
+
+
+def dataset_id(root) -> str:
+    """Which dataset ``root`` holds, for the feature cache: a SHA-256 of its fold files (and of a
+    stand-in marker), so the cache follows the faces and not the folder they were unpacked to;
+    the folder's path when it has no fold files."""
+    root = Path(root if root is not None else ".")
+    files = sorted(root.glob("fold_*_data.txt")) + [p for p in [root / "STAND-IN.txt"] if p.is_file()]
+    if not files:
+        return f"folder:{root.resolve()}"
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return f"folds:{digest.hexdigest()}"
+
 
 def features_for_frame(
     model,
@@ -360,32 +401,118 @@ def features_for_frame(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Cached features of the faces of ``df`` (rows in ``df``'s order), images read by
+    """Features of the faces of ``df`` (rows in ``df``'s order), images read by
     ``helpers.pipeline.make_dataset`` (evaluation mode: no augmentation, no shuffling).
 
-    The weights part of the key is ``weights`` if given, else the checksum of
-    ``weights_path`` (the file the model was loaded from), else a fingerprint of the model's
-    weights in memory (always right, costs one pass over the weights).
+    The cache holds, per layer, every face ever extracted with the same weights, dataset,
+    preprocessing and image size, one row per face (its ``path``): any subset of faces (a
+    split, a fold, a ``SUBSET`` run, another protocol) reads the rows it needs, and only faces
+    never seen before go through the network. So notebook 04's ``fc7`` of a split is read from
+    what notebook 03 extracted for every face.
+
+    The weights part of the key is the fingerprint of the weights each layer depends on, in
+    memory (:func:`layer_fingerprints`, about a second for VGG-Face), so any model holding
+    those weights shares the entries; ``weights`` (a string) overrides it. ``weights_path`` is
+    no longer needed and is ignored (it named a file that the model in hand may not match).
     """
     from . import pipeline
 
-    if weights is None:
-        weights = file_checksum(weights_path) if weights_path else weights_fingerprint(model)
+    del weights_path  # the weights in memory name the features (see the docstring)
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError("features_for_frame: no layers requested")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if "path" not in df:
+        raise ValueError("features_for_frame: the frame has no 'path' column; read it with a helpers.data reader")
+    names = {layer.name for layer in model.layers}
+    unknown = [name for name in layers if name not in names]
+    if unknown:
+        raise ValueError(f"model {model.name!r} has no layer(s) {unknown}; its layers are: "
+                         f"{', '.join(l.name for l in model.layers)}")
     image_size = tuple(int(s) for s in image_size)
-    key = cache_key(weights, frame_fingerprint(df), f"pipeline rgb0-255 resize={resize}", image_size)
-    # Built lazily: a full cache hit never opens an image.
-    dataset = _LazyDataset(lambda: pipeline.make_dataset(
-        df, root, image_size=image_size, resize=resize, training=False, batch_size=batch_size,
-        labels=False))
-    return extract_features(model, dataset, layers, key=key, cache_dir=cache_dir, reduce=reduce,
-                            batch_size=batch_size, progress=progress)
+    fingerprints = {l: weights for l in layers} if weights is not None else layer_fingerprints(model, layers)
+    source = pipeline.source_description(df, root, pipeline.read_side(image_size, resize, training=False))
+    key = {"dataset": dataset_id(root), "preprocessing": f"pipeline rgb0-255 resize={resize} source={source}",
+           "image_size": list(image_size)}
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    ids = [str(p) for p in df["path"]]
+    stores = {l: _FaceStore(cache_dir, {**key, "weights": fingerprints[l]}, l, reduce) for l in layers}
+    missing = list(dict.fromkeys(i for store in stores.values() for i in store.missing(ids)))
+    if missing:
+        todo = [l for l in layers if stores[l].missing(missing)]
+        frame = df.loc[df["path"].astype(str).isin(set(missing))].drop_duplicates("path")
+        dataset = pipeline.make_dataset(frame, root, image_size=image_size, resize=resize, training=False,
+                                        batch_size=batch_size, labels=False)
+        computed = _compute(model, dataset, todo, reduce=reduce, batch_size=batch_size, progress=progress,
+                            proj_dim=256, seed=0)
+        frame_ids = [str(p) for p in frame["path"]]
+        for layer, arr in computed.items():
+            if len(arr) != len(frame_ids):
+                raise RuntimeError(f"extracted {len(arr)} rows of {layer} for {len(frame_ids)} faces")
+            stores[layer].add(frame_ids, arr)
+    return {layer: stores[layer].gather(ids) for layer in layers}
 
 
-class _LazyDataset:
-    """Defers building a tf.data pipeline until extraction actually needs the images."""
+class _FaceStore:
+    """One layer's features of one dataset, preprocessing and weights, a row per face, in chunks.
 
-    def __init__(self, build):
-        self._build = build
+    ``<cache>/<layer>-<hash of the key>/``: ``key.json``, then chunks ``rows-<id>.npy`` (float32,
+    written atomically) each with ``rows-<id>.json`` (the faces of its rows, in order) written
+    LAST, so an interrupted extraction leaves no chunk that looks complete.
+    """
 
-    def get(self):
-        return self._build()
+    def __init__(self, cache_dir: Path, key: dict, layer: str, reduce):
+        self.full_key = {"format": CACHE_FORMAT, "kind": "per-face", "key": key, "layer": layer, "reduce": reduce}
+        digest = hashlib.sha256(json.dumps(self.full_key, sort_keys=True).encode()).hexdigest()[:24]
+        safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in layer)
+        self.folder = Path(cache_dir) / f"{safe}-{digest}"
+        self._index: dict[str, tuple[Path, int]] | None = None
+
+    def index(self) -> dict[str, tuple[Path, int]]:
+        if self._index is None:
+            self._index = {}
+            if _read_json(self.folder / "key.json") == self.full_key:
+                for meta_path in sorted(self.folder.glob("rows-*.json")):
+                    meta = _read_json(meta_path)
+                    npy = meta_path.with_suffix(".npy")
+                    if not meta or not npy.is_file():
+                        continue
+                    for row, face in enumerate(meta.get("faces", [])):
+                        self._index[face] = (npy, row)
+        return self._index
+
+    def missing(self, ids: list[str]) -> list[str]:
+        index = self.index()
+        return [i for i in ids if i not in index]
+
+    def add(self, ids: list[str], arr: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if _read_json(self.folder / "key.json") != self.full_key:
+            write_json_atomic(self.folder / "key.json", self.full_key)
+        chunk = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        npy = self.folder / f"rows-{chunk}.npy"
+        with atomic_path(npy) as tmp:
+            np.save(tmp, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+        write_json_atomic(self.folder / f"rows-{chunk}.json", {"faces": ids, "shape": list(arr.shape)}, indent=None)
+        self._index = None
+
+    def gather(self, ids: list[str]) -> np.ndarray:
+        """The rows of ``ids`` in that order: memory-mapped when one chunk holds exactly them."""
+        index = self.index()
+        where = [index[i] for i in ids]
+        files = {f for f, _ in where}
+        arrays = {f: np.load(f, mmap_mode="r", allow_pickle=False) for f in files}
+        if len(files) == 1:
+            (f,) = files
+            rows = np.fromiter((r for _, r in where), dtype=np.int64, count=len(where))
+            if len(rows) == len(arrays[f]) and np.array_equal(rows, np.arange(len(rows))):
+                return arrays[f]
+        first = next(iter(arrays.values()))
+        out = np.empty((len(ids), *first.shape[1:]), dtype=np.float32)
+        for f, arr in arrays.items():
+            positions = [k for k, (g, _) in enumerate(where) if g == f]
+            rows = [where[k][1] for k in positions]
+            order = np.argsort(rows)  # memory maps read fastest in file order
+            out[np.asarray(positions)[order]] = arr[np.asarray(rows)[order]]
+        return out

@@ -32,6 +32,8 @@ def isolated_course(request, tmp_path, monkeypatch):
     # the same on Colab or in a simulated runtime as anywhere: no Drive, no fast-data folder, no notebook
     for name in (paths.ENV_FAST_DATA, paths.ENV_COLAB_TAG, paths.ENV_COLAB_CONTENT, results.ENV_NOTEBOOK):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(paths.ENV_SMOKE, raising=False)  # environment.start() exports these two:
+    monkeypatch.delenv(paths.ENV_SUBSET, raising=False)  # a test that calls it must not shrink the next
     yield root
 
 

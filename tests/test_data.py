@@ -293,3 +293,84 @@ def test_assign_folds_gives_own_faces_subject_exclusive_folds():
     data.check_subject_exclusive(*split)
     with pytest.raises(ValueError, match="cannot fill 5"):
         data.assign_folds(df.iloc[:6])
+
+
+# ------------------------------------------------------------------------- SUBSET and damaged files
+def many_users(users_per_fold=10, faces_per_user=3):
+    out, face = {}, 0
+    for k in range(5):
+        out[k] = []
+        for u in range(users_per_fold):
+            for _ in range(faces_per_user):
+                face += 1
+                out[k].append((f"{k}_{u}@N0{k}", f"img{face}_o.jpg", face, "(25, 32)", "mf"[u % 2]))
+    return out
+
+
+def test_subset_keeps_whole_users_of_every_fold_and_smaller_shares_nest(tmp_path, capsys):
+    folder = write_folds(tmp_path / "adience", many_users())
+    full = data.read_adience_folds(folder, subset=1.0)
+    small = data.read_adience_folds(folder, subset=0.2)
+    assert "SUBSET 0.2: 10 of 50 users (30 of 150 faces)" in capsys.readouterr().out
+    larger = data.read_adience_folds(folder, subset=0.5)
+    for k in range(5):
+        assert small.loc[small["fold"] == k, "user_id"].nunique() == 2  # ceil(0.2 * 10)
+        assert larger.loc[larger["fold"] == k, "user_id"].nunique() == 5
+    per_user = full.groupby("user_id").size()
+    assert (small.groupby("user_id").size() == per_user[small["user_id"].unique()]).all()  # whole users
+    assert set(small["user_id"]) <= set(larger["user_id"])  # a smaller share is part of a larger one
+    assert small.attrs["subset"] == {"share": 0.2, "seed": 0, "users": 10, "of_users": 50, "faces": 30, "of_faces": 150}
+    again = data.read_adience_folds(folder, subset=0.2)
+    assert again["path"].tolist() == small["path"].tolist()
+    other = data.read_adience_folds(folder, subset=0.2, seed=1)
+    assert set(other["user_id"]) != set(small["user_id"])
+    # at least two users stay in every fold: a validation set is carved by user
+    tiny = data.read_adience_folds(folder, subset=0.01)
+    assert tiny.groupby("fold")["user_id"].nunique().tolist() == [2] * 5
+    data.case_study_split(data.apply_protocol(tiny, "binary")[0])
+    with pytest.raises(ValueError, match="share of the users"):
+        data.take_users(full, 0)
+
+
+def test_subset_defaults_to_the_runs_SUBSET(tmp_path, monkeypatch):
+    from helpers.course import paths
+
+    folder = write_folds(tmp_path / "adience", many_users())
+    monkeypatch.setenv(paths.ENV_SUBSET, "0.3")
+    assert data.read_adience_folds(folder)["user_id"].nunique() == 15
+    assert data.read_adience_folds(folder, subset=1)["user_id"].nunique() == 50
+
+
+def test_missing_empty_and_truncated_images_are_left_out_and_reported(tmp_path, capsys):
+    import io
+
+    import numpy as np
+
+    rows = {k: [(f"u{k}@N0{k}", f"img{k}{j}_o.jpg", 10 * k + j, "(25, 32)", "mf"[j % 2]) for j in range(3)]
+            for k in range(5)}
+    root = write_folds(tmp_path / "adience", rows)
+    df = data.read_adience_folds(root, check_images=False)
+    rng = np.random.default_rng(0)
+    for rel in df["path"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / rel, quality=90)
+    paths_ = df["path"].tolist()
+    (root / paths_[0]).unlink()                                           # missing
+    (root / paths_[1]).write_bytes(b"")                                   # empty
+    whole = (root / paths_[2]).read_bytes()
+    (root / paths_[2]).write_bytes(whole[: len(whole) // 2])              # truncated JPEG
+    (root / paths_[3]).write_bytes((root / paths_[3]).read_bytes() + b"\0" * 20)  # padding after the end: fine
+    png = io.BytesIO()
+    Image.new("RGB", (30, 30), (9, 9, 9)).save(png, format="PNG")
+    (root / paths_[4]).write_bytes(png.getvalue()[:-30])                  # a truncated PNG under a .jpg name
+    capsys.readouterr()
+    kept = data.read_adience_folds(root)
+    said = capsys.readouterr().out
+    assert len(kept) == 15 - 4 and paths_[3] in set(kept["path"])
+    kinds = {s["path"]: s["kind"] for s in kept.attrs["skipped_images"]}
+    assert kinds == {paths_[0]: "missing", paths_[1]: "empty", paths_[2]: "truncated", paths_[4]: "truncated"}
+    assert "dropped 4 of 15 rows" in said and "truncated" in said
+    # the cheap check agrees with decoding every image
+    assert set(data.validate_images(df, root).bad["path"]) == set(kinds)
+    assert len(data.read_adience_folds(root, check_images=False)) == 15
+    assert list(kept.index) == list(range(len(kept)))

@@ -242,3 +242,106 @@ def test_features_for_frame_reads_faces_and_reuses_the_cache(model, tmp_path, mo
     again = features.features_for_frame(model, df, tmp_path / "faces", ["fc7"], image_size=(32, 32),
                                         batch_size=2, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(again["fc7"], out["fc7"])
+
+
+# ---------------------------------------------------------------- one cache over the whole dataset
+def write_faces(folder, n, seed=1, side=40):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        rel = f"aligned/u{i % 4}/face{i}.jpg"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (side, side - 4, 3), dtype=np.uint8)).save(folder / rel, quality=95)
+        rows.append({"path": rel, "user_id": f"u{i % 4}", "label": i % 2})
+    (folder / "fold_0_data.txt").write_text("the dataset's identity\n", encoding="utf-8")
+    return pd.DataFrame(rows)
+
+
+class CountingPipeline:
+    """Records the faces each images pass reads (``make_dataset`` calls)."""
+
+    def __init__(self, monkeypatch):
+        from helpers import pipeline
+
+        self.frames = []
+        real = pipeline.make_dataset
+
+        def reading(frame, *args, **kwargs):
+            self.frames.append(list(frame["path"]))
+            return real(frame, *args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "make_dataset", reading)
+
+
+def test_any_subset_of_faces_reads_rows_of_the_whole_dataset_cache(model, tmp_path, monkeypatch):
+    from helpers import pipeline
+
+    root, cache = tmp_path / "faces", tmp_path / "cache"
+    df = write_faces(root, 70)  # more faces than one batch
+    everything = features.features_for_frame(model, df, root, ["pool3", "fc7"], image_size=(32, 32),
+                                             batch_size=16, cache_dir=cache, progress=False)
+    direct = vggface.feature_model(model, ["fc7"])(pipeline.load_images(df, root, (32, 32), resize="direct"))
+    np.testing.assert_allclose(everything["fc7"], np.asarray(direct), rtol=1e-5, atol=1e-5)
+    reads = CountingPipeline(monkeypatch)
+    part = df.iloc[[50, 3, 17, 17, 64, 0]]  # any order, repeats allowed: a split, a fold, a SUBSET
+    got = features.features_for_frame(model, part, root, ["fc7"], image_size=(32, 32), cache_dir=cache, progress=False)
+    assert reads.frames == []  # nothing read: every face is in the cache
+    np.testing.assert_array_equal(got["fc7"], np.asarray(everything["fc7"])[[50, 3, 17, 17, 64, 0]])
+    # new faces beside known ones: only the new ones go through the network
+    more = pd.concat([write_faces(tmp_path / "extra", 2, seed=9).assign(path=lambda d: "x" + d["path"]),
+                      df.iloc[:3]], ignore_index=True)
+    for rel in more["path"][:2]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((tmp_path / "extra" / rel[1:]).read_bytes())
+    mixed = features.features_for_frame(model, more, root, ["fc7", "pool3"], image_size=(32, 32),
+                                        cache_dir=cache, progress=False)
+    assert reads.frames == [list(more["path"][:2])]
+    np.testing.assert_array_equal(mixed["pool3"][2:], np.asarray(everything["pool3"])[:3])
+    # ... and a later call finds them too
+    features.features_for_frame(model, more, root, ["fc7"], image_size=(32, 32), cache_dir=cache, progress=False)
+    assert len(reads.frames) == 1
+
+
+def test_a_gender_model_on_the_base_shares_the_bases_fc7(model, tmp_path, monkeypatch):
+    root, cache = tmp_path / "faces", tmp_path / "cache"
+    df = write_faces(root, 6)
+    base = features.features_for_frame(model, df, root, ["fc7"], image_size=(32, 32), cache_dir=cache, progress=False)
+    gender = vggface.replace_head(model, ("m", "f"), seed=0)
+    assert features.layer_fingerprints(gender, ["fc7"]) == features.layer_fingerprints(model, ["fc7"])
+    reads = CountingPipeline(monkeypatch)
+    shared = features.features_for_frame(gender, df, root, ["fc7"], image_size=(32, 32), cache_dir=cache, progress=False)
+    assert reads.frames == []
+    np.testing.assert_array_equal(shared["fc7"], base["fc7"])
+    assert features.layer_fingerprints(gender, ["fc8"]) != features.layer_fingerprints(model, ["fc8"])
+
+
+def test_other_weights_resizing_or_dataset_are_other_entries(tmp_path, monkeypatch):
+    root, cache = tmp_path / "faces", tmp_path / "cache"
+    df = write_faces(root, 5)
+    net = keras_tiny_vggface(seed=4)
+    kwargs = dict(image_size=(32, 32), cache_dir=cache, progress=False)
+    first = features.features_for_frame(net, df, root, ["fc7"], **kwargs)["fc7"].copy()
+    reads = CountingPipeline(monkeypatch)
+    features.features_for_frame(net, df, root, ["fc7"], resize="crop", **kwargs)
+    conv = net.get_layer("conv2_1")
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel * 1.5, bias])
+    changed = features.features_for_frame(net, df, root, ["fc7"], **kwargs)["fc7"]
+    (root / "fold_0_data.txt").write_text("another dataset\n", encoding="utf-8")
+    features.features_for_frame(net, df, root, ["fc7"], **kwargs)
+    assert len(reads.frames) == 3 and not np.allclose(changed, first)
+    conv.set_weights([kernel, bias])
+    (root / "fold_0_data.txt").write_text("the dataset's identity\n", encoding="utf-8")
+    np.testing.assert_array_equal(features.features_for_frame(net, df, root, ["fc7"], **kwargs)["fc7"], first)
+    assert len(reads.frames) == 3  # back to the first weights and dataset: the first entry again
+
+
+def test_a_chunk_without_its_row_list_counts_as_missing(model, tmp_path, monkeypatch):
+    root, cache = tmp_path / "faces", tmp_path / "cache"
+    df = write_faces(root, 4)
+    features.features_for_frame(model, df, root, ["fc7"], image_size=(32, 32), cache_dir=cache, progress=False)
+    for meta in cache.glob("fc7-*/rows-*.json"):
+        meta.unlink()  # as if the run had stopped between the array and its row list
+    reads = CountingPipeline(monkeypatch)
+    features.features_for_frame(model, df, root, ["fc7"], image_size=(32, 32), cache_dir=cache, progress=False)
+    assert reads.frames == [list(df["path"])]

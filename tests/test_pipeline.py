@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -68,16 +69,6 @@ def test_training_differs_between_epochs_but_is_reproducible_by_seed(faces):
     assert not np.array_equal(images_of(batches(other)), images_of(e1))
 
 
-def test_no_augmentation_in_training_means_only_shuffling(faces):
-    root, df = faces
-    ds = pipeline.make_dataset(df, root, image_size=SIZE, training=True, augment=(), batch_size=10)
-    train = images_of(batches(ds))
-    evaluation = pipeline.load_images(df, root, SIZE)
-    # same images, only in another order
-    np.testing.assert_allclose(np.sort(train.reshape(10, -1).sum(1)), np.sort(evaluation.reshape(10, -1).sum(1)),
-                               rtol=1e-5)
-
-
 def test_crop_keeps_the_centre_and_direct_keeps_everything(tmp_path):
     # 10 high x 20 wide: red | green | blue in columns 0-4 | 5-14 | 15-19
     arr = np.zeros((10, 20, 3), np.uint8)
@@ -107,64 +98,11 @@ def test_png_greyscale_rgba_decode_to_rgb(tmp_path):
     np.testing.assert_allclose(x[3, 3, 3], [250, 20, 10], atol=6)
 
 
-def test_class_weight_dict():
-    w = pipeline.class_weight_dict([0, 0, 0, 1], 2)
-    assert w == pytest.approx({0: 4 / 6, 1: 2.0})
-    assert pipeline.class_weight_dict([0, 1], 3)[2] == 1.0
-    with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        pipeline.class_weight_dict([0, 2], 2)
-
-
-def test_class_weights_give_sample_weights(faces):
-    root, df = faces
-    ds = pipeline.make_dataset(df, root, image_size=SIZE, batch_size=10, class_weights="balanced")
-    (x, y, w), = batches(ds)
-    expected = pipeline.class_weight_dict(df["label"], 2)
-    np.testing.assert_allclose(w, [expected[int(l)] for l in y])
-    assert w.sum() == pytest.approx(len(df))
-
-
-def test_balanced_sampling_draws_classes_equally(faces):
-    root, df = faces
-    ds = pipeline.make_dataset(df, root, image_size=(4, 4), training=True, batch_size=10, sample="balanced")
-    labels = np.concatenate([b[1] for _ in range(6) for b in batches(ds)])
-    assert len(labels) == 60  # an epoch keeps len(df) images
-    assert 0.4 <= labels.mean() <= 0.6  # class 1 is 30% of the table
-
-
-def test_labels_false_and_cache(faces):
-    root, df = faces
-    ds = pipeline.make_dataset(df, root, image_size=SIZE, batch_size=5, labels=False)
-    first = batches(ds)
-    assert isinstance(first[0], np.ndarray) and first[0].shape == (5, 12, 12, 3)
-    cached = pipeline.make_dataset(df, root, image_size=SIZE, batch_size=5, training=True, cache=True)
-    e1, e2 = batches(cached), batches(cached)
-    assert sum(len(b[1]) for b in e1) == sum(len(b[1]) for b in e2) == 10
-    assert not np.array_equal(images_of(e1), images_of(e2))  # augmentation still varies after caching
-
-
-def test_missing_corrupt_files_and_missing_labels_are_clear_errors(faces, tmp_path, monkeypatch):
-    root, df = faces
-    bad = pd.concat([df, pd.DataFrame({"path": ["gone.jpg"], "label": [0]})], ignore_index=True)
-    with pytest.raises(FileNotFoundError, match=r"1 of 11 .*gone\.jpg \(missing\).*drop_invalid"):
-        pipeline.make_dataset(bad, root)
-    (root / "broken.jpg").write_bytes((root / "0.jpg").read_bytes()[:200])
-    broken = pd.concat([df, pd.DataFrame({"path": ["broken.jpg"], "label": [0]})], ignore_index=True)
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path / "build"))
-    with pytest.raises(ValueError, match=r"(?s)corrupt: 1.*broken\.jpg.*drop_invalid"):
-        pipeline.make_dataset(broken, root, check="decode")
-    (root / "broken.jpg").unlink()
-    with pytest.raises(ValueError, match="apply_protocol"):
-        pipeline.make_dataset(df.drop(columns="label"), root)
-    with pytest.raises(ValueError, match="resize must be"):
-        pipeline.make_dataset(df, root, resize="squash")
-
-
 def test_fits_a_keras_model(faces):
     import keras
 
     root, df = faces
-    ds = pipeline.make_dataset(df, root, image_size=(8, 8), training=True, batch_size=5, class_weights="balanced")
+    ds = pipeline.make_dataset(df, root, image_size=(8, 8), training=True, batch_size=5)
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
@@ -172,3 +110,119 @@ def test_fits_a_keras_model(faces):
     model.compile("sgd", "sparse_categorical_crossentropy")
     history = model.fit(ds, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_labels_false_gives_images_alone(faces):
+    root, df = faces
+    first = batches(pipeline.make_dataset(df, root, image_size=SIZE, batch_size=5, labels=False))
+    assert isinstance(first[0], np.ndarray) and first[0].shape == (5, 12, 12, 3)
+
+
+def test_missing_files_and_missing_labels_are_clear_errors(faces):
+    root, df = faces
+    bad = pd.concat([df, pd.DataFrame({"path": ["gone.jpg"], "label": [0]})], ignore_index=True)
+    with pytest.raises(FileNotFoundError, match=r"1 of 11 .*gone\.jpg \(missing\).*drop_invalid"):
+        pipeline.make_dataset(bad, root)
+    with pytest.raises(ValueError, match="apply_protocol"):
+        pipeline.make_dataset(df.drop(columns="label"), root)
+    with pytest.raises(ValueError, match="resize must be"):
+        pipeline.make_dataset(df, root, resize="squash")
+
+
+def test_the_steps_compose_to_make_dataset(faces):
+    """decode -> resize -> augment by hand gives make_dataset's images; training images are
+    crops (or mirrored crops) of the resized image, never anything else."""
+    import tensorflow as tf
+
+    root, df = faces
+    evaluation = images_of(batches(pipeline.make_dataset(df, root, image_size=SIZE, resize="crop", batch_size=4)))
+    pre = (round(12 * pipeline.CROP_RATIO),) * 2
+    for i, rel in enumerate(df["path"]):
+        big = pipeline.resize_image(pipeline.decode_image(str(root / rel)), pre, "crop")
+        by_hand = pipeline.augment_image(big, SIZE, training=False).numpy()
+        np.testing.assert_array_equal(by_hand, evaluation[i])
+    ds = pipeline.make_dataset(df, root, image_size=SIZE, resize="direct", training=True, batch_size=10, shuffle_seed=5)
+    (train, labels), = batches(ds)
+    decoded = {int(l): [] for l in labels}
+    for rel, label in zip(df["path"], df["label"]):
+        big = pipeline.resize_image(pipeline.decode_image(str(root / rel)), pre, "direct").numpy()
+        windows = [big[t:t + 12, s:s + 12] for t in range(pre[0] - 11) for s in range(pre[1] - 11)]
+        decoded[int(label)] += windows + [w[:, ::-1] for w in windows]
+    for image, label in zip(train, labels):
+        assert any(np.allclose(image, w, atol=1e-3) for w in decoded[int(label)])
+
+
+def write_large_faces(folder, n, side, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        rel = f"aligned/u{i % 7}/face{i}.jpg"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, (side // 16, side // 16, 3), dtype=np.uint8)
+        Image.fromarray(base).resize((side, side), Image.BILINEAR).save(folder / rel, quality=90)
+        rows.append({"path": rel, "label": i % 2})
+    return pd.DataFrame(rows)
+
+
+def test_large_images_are_decoded_once_into_the_prepared_cache(tmp_path):
+    root = tmp_path / "adience"
+    df = write_large_faces(root, 70, 400)
+    ds = pipeline.make_dataset(df, root, image_size=(32, 32), resize="direct", batch_size=32)
+    prepared = [Path(f) for f in pipeline.image_files(df, root, min_side=32)]
+    assert all(p.is_relative_to(pipeline.prepared_dir()) for p in prepared)
+    with Image.open(prepared[0]) as im:
+        assert im.size == (pipeline.PREPARED_SIDE, pipeline.PREPARED_SIDE) and im.format == "JPEG"
+    x = images_of(batches(ds))
+    assert x.shape == (70, 32, 32, 3)
+    # the same faces as read from the 400 px originals, up to JPEG and a second resampling
+    originals = np.stack([pipeline.resize_image(pipeline.decode_image(str(root / p)), (32, 32), "direct").numpy()
+                          for p in df["path"]])
+    assert np.abs(x - originals).mean() < 2.0
+    # a second read writes nothing; a changed original is prepared again, the others are not
+    stamps = {p: p.stat().st_mtime_ns for p in prepared}
+    assert pipeline.prepare_images(df, root, progress=False).written == 0
+    Image.new("RGB", (400, 400), (250, 0, 0)).save(root / df["path"][3], quality=90)
+    report = pipeline.prepare_images(df, root, progress=False)
+    assert report.written == 1 and report.reused == 69
+    assert [p for p in prepared if p.stat().st_mtime_ns != stamps[p]] == [prepared[3]]
+    red = images_of(batches(pipeline.make_dataset(df.iloc[[3]], root, image_size=(32, 32), resize="direct")))[0]
+    np.testing.assert_allclose(red.mean(axis=(0, 1)), [250, 0, 0], atol=4)
+
+
+def test_prepared_cache_only_where_it_keeps_the_resolution(tmp_path, faces):
+    small_root, small = faces
+    assert pipeline.image_files(small, small_root, min_side=12) == [str(small_root / p) for p in small["path"]]
+    root = tmp_path / "large"
+    df = write_large_faces(root, 3, 300)
+    assert pipeline.image_files(df, root, min_side=pipeline.read_side((256, 256), "crop")) == [str(root / p) for p in df["path"]]
+    assert pipeline.read_side((224, 224), "crop") == 256 == pipeline.read_side((224, 224), "direct", training=True)
+    assert pipeline.read_side((224, 224), "direct") == 224
+    assert pipeline.source_description(df, root, 224).startswith("prepared 256 px")
+    assert pipeline.source_description(small, small_root, 12) == "original files"
+
+
+def test_undecodable_images_are_named_when_preparing(tmp_path):
+    root = tmp_path / "adience"
+    df = write_large_faces(root, 4, 300)
+    (root / df["path"][2]).write_bytes(b"\xff\xd8" + bytes(range(256)) * 40 + b"\xff\xd9")
+    with pytest.raises(ValueError, match=r"1 image\(s\) could not be decoded.*face2\.jpg.*validate_images"):
+        pipeline.prepare_images(df, root, progress=False)
+    assert pipeline.prepare_images(df.drop(index=2), root, progress=False).written == 0  # the good ones were kept
+
+
+def test_prepared_cache_lives_on_the_runtimes_local_disk(monkeypatch, tmp_path):
+    from helpers.course import paths
+
+    monkeypatch.setattr(paths, "in_colab", lambda: True)
+    assert pipeline.prepared_dir() == pipeline.COLAB_LOCAL_DISK / "prepared"
+    monkeypatch.setenv(pipeline.ENV_PREPARED, str(tmp_path / "p"))
+    assert pipeline.prepared_dir() == tmp_path / "p"
+
+
+def test_load_images_fills_one_array_float_or_uint8(faces):
+    root, df = faces
+    x = pipeline.load_images(df, root, SIZE, batch_size=3)
+    u = pipeline.load_images(df, root, SIZE, batch_size=3, dtype="uint8")
+    assert x.dtype == np.float32 and u.dtype == np.uint8 and u.shape == x.shape == (10, 12, 12, 3)
+    np.testing.assert_array_equal(u, np.rint(x).astype(np.uint8))
+    assert pipeline.load_images(df.iloc[:0], root, SIZE).shape == (0, 12, 12, 3)

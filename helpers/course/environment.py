@@ -355,6 +355,10 @@ def start(mode: str | None = "auto", seed: int = 42, *, smoke: bool = False, sub
         if missing:
             lines = "\n".join(f"  - {what}: {where}\n    {how}" for what, where, how in missing)
             raise FileNotFoundError(f"full mode needs assets that are missing:\n{lines}")
+        from .standins import banner  # stand-in assets say so in every run that uses them
+
+        if banner(assets):
+            print(banner(assets))
     return mode, assets
 
 

@@ -65,6 +65,10 @@ def record(key: str, value: Any, mode: str | None = None) -> Any:
         meta["mode"] = mode or meta.get("mode") or paths.resolve_mode()[0]
         meta["smoke"] = paths.smoke()
         meta["subset"] = paths.subset()
+        if meta["mode"] == "full":  # numbers computed on stand-in assets mean nothing: say so beside them
+            from .standins import present
+
+            meta["standins"] = present()
         meta["versions"] = package_versions()
         write_json_atomic(path, data, allow_nan=False)
     return value
