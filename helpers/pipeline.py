@@ -41,6 +41,7 @@ import pandas as pd
 
 CROP_RATIO = 256 / 224  # the case study's: resize to 256, crop 224
 RESIZE_MODES = ("crop", "direct")
+AUGMENTATIONS = ("crop", "flip")  # what training may apply: a random crop, a random horizontal flip
 PREPARED_SIDE = 256      # the prepared cache's short side: 224 plus the crop margin
 PREPARED_QUALITY = 95    # JPEG quality of the prepared cache (see benchmarks/input_pipeline.py)
 ENV_PREPARED = "COURSE_PREPARED_DIR"
@@ -75,35 +76,48 @@ def resize_image(image, size: tuple[int, int], mode: str = "crop"):
     return tf.image.resize(image, new, method="bilinear", antialias=True)
 
 
-def augment_image(image, size: tuple[int, int], seed=None, training: bool = False):
-    """(H, W, 3) at least ``size`` -> ``size``: a random crop and a random horizontal flip when
-    ``training`` (``seed``: int32[2], stateless, so an epoch can be replayed), the centre otherwise."""
+def augment_image(image, size: tuple[int, int], seed=None, training: bool = False, augment=AUGMENTATIONS):
+    """(H, W, 3) at least ``size`` -> ``size``: when ``training``, the augmentations named in
+    ``augment`` (a random crop, a random horizontal flip; ``seed``: int32[2], stateless, so an
+    epoch can be replayed); the centre otherwise, and in place of a crop not asked for."""
     import tensorflow as tf
 
+    augment = _check_augment(augment)
     h, w = size
-    if training:
+    if training and "crop" in augment:
         image = tf.image.stateless_random_crop(image, [h, w, 3], seed=seed)
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed + [0, 1])
     else:
         shape = tf.shape(image)
         top, left = (shape[0] - h) // 2, (shape[1] - w) // 2
         image = image[top:top + h, left:left + w, :]
+    if training and "flip" in augment:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + [0, 1])
     return tf.ensure_shape(image, [h, w, 3])
 
 
+def _check_augment(augment) -> tuple:
+    augment = tuple(augment or ())
+    unknown = [a for a in augment if a not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}: expected some of {AUGMENTATIONS}")
+    return augment
+
+
 def make_dataset(df: pd.DataFrame, root=None, *, image_size=(224, 224), resize: str = "crop",
-                 training: bool = False, batch_size: int = 32, shuffle_seed: int = 0, labels: bool = True):
+                 training: bool = False, batch_size: int = 32, shuffle_seed: int = 0, labels: bool = True,
+                 augment=AUGMENTATIONS):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches, or of images alone (``labels=False``).
 
     ``df`` needs ``path`` (relative to ``root``) and, with ``labels``, an int ``label`` column
-    (``helpers.data.apply_protocol``). ``training=True`` shuffles every epoch and augments (a
-    random crop and a horizontal flip); evaluation is deterministic and keeps the table's order.
+    (``helpers.data.apply_protocol``). ``training=True`` shuffles every epoch and applies
+    ``augment`` (any of ``AUGMENTATIONS``: "crop", "flip"); evaluation is deterministic and keeps the table's order.
     Large images are read from the prepared cache (see the module docstring).
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if len(df) == 0:
         raise ValueError("the DataFrame is empty: nothing to read")
+    augment = _check_augment(augment)
     size = _target_size(image_size)
     pre = _read_size(size, resize, training)
     if labels and "label" not in df:
@@ -112,15 +126,16 @@ def make_dataset(df: pd.DataFrame, root=None, *, image_size=(224, 224), resize: 
     check_files(files)
     label_array = df["label"].to_numpy().astype(np.int32) if labels else None
     return files_dataset(files, label_array, image_size=size, resize=resize, training=training,
-                         batch_size=batch_size, shuffle_seed=shuffle_seed)
+                         batch_size=batch_size, shuffle_seed=shuffle_seed, augment=augment)
 
 
 def files_dataset(files: list[str], labels=None, *, image_size=(224, 224), resize: str = "crop",
-                  training: bool = False, batch_size: int = 32, shuffle_seed: int = 0):
+                  training: bool = False, batch_size: int = 32, shuffle_seed: int = 0, augment=AUGMENTATIONS):
     """:func:`make_dataset`'s batches from a list of image files (and int labels, or ``None``):
     the same decode, resize, augment and batch, with no prepared cache in between."""
     import tensorflow as tf
 
+    augment = _check_augment(augment)
     size = _target_size(image_size)
     pre = _read_size(size, resize, training)
     pre_mode = "crop" if resize == "crop" else "direct"
@@ -133,7 +148,8 @@ def files_dataset(files: list[str], labels=None, *, image_size=(224, 224), resiz
 
     def example(item, seed):
         path, label = item
-        image = augment_image(resize_image(decode_image(path), pre, pre_mode), size, tf.cast(seed, tf.int32), training)
+        image = augment_image(resize_image(decode_image(path), pre, pre_mode), size, tf.cast(seed, tf.int32), training,
+                              augment)
         return (image, label) if with_labels else image
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -152,6 +152,28 @@ def test_the_steps_compose_to_make_dataset(faces):
         assert any(np.allclose(image, w, atol=1e-3) for w in decoded[int(label)])
 
 
+def test_augment_names_what_training_applies(faces):
+    """augment=() trains on the centre of the resized image (as evaluation at that size sees it),
+    ("flip",) on the centre or its mirror, never a shifted crop; an unknown name is refused."""
+    root, df = faces
+    pre = (round(12 * pipeline.CROP_RATIO),) * 2
+    centres = []
+    for rel in df["path"]:
+        big = pipeline.resize_image(pipeline.decode_image(str(root / rel)), pre, "direct")
+        centres.append(pipeline.augment_image(big, SIZE, training=False).numpy())
+    opts = dict(image_size=SIZE, resize="direct", training=True, batch_size=10)
+    by_path = dict(zip(df["path"], centres))
+    for augment, allowed in (((), lambda c: [c]), (("flip",), lambda c: [c, c[:, ::-1]])):
+        order = df.sample(frac=1.0, random_state=0)  # any order: match each image to its own file
+        (images, labels), = batches(pipeline.make_dataset(order, root, augment=augment, shuffle_seed=3, **opts))
+        for image in images:
+            assert any(any(np.allclose(image, a, atol=1e-3) for a in allowed(c)) for c in by_path.values())
+    flips = images_of(batches(pipeline.make_dataset(df, root, augment=("flip",), shuffle_seed=3, **opts)))
+    assert not all(any(np.allclose(f, c, atol=1e-3) for c in centres) for f in flips), "no image was mirrored"
+    with pytest.raises(ValueError, match="unknown augmentation.*rotate"):
+        pipeline.make_dataset(df, root, augment=("rotate",), **opts)
+
+
 def write_large_faces(folder, n, side, seed=0):
     rng = np.random.default_rng(seed)
     rows = []
