@@ -34,7 +34,13 @@ def isolated_course(request, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv(paths.ENV_SMOKE, raising=False)  # environment.start() exports these two:
     monkeypatch.delenv(paths.ENV_SUBSET, raising=False)  # a test that calls it must not shrink the next
+    # What a test's code exports itself (environment.start sets COURSE_FAST_DATA_DIR, COURSE_SMOKE, ...)
+    # leaves with it: monkeypatch only restores what it changed, and a leaked variable moved a later
+    # module's fixture (built before that module's first test) to another folder.
+    saved = dict(os.environ)
     yield root
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
