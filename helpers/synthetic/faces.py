@@ -35,8 +35,9 @@ from ..data import AGE_GROUPS
 
 # Adience's eight age groups, in order.
 # How strongly gender shows at each age (children carry fewer gender cues).
-GENDER_STRENGTH = (0.3, 0.5, 0.75, 0.95, 1.0, 1.0, 1.0, 1.0)
-MASCULINITY_SHIFT = 2.0  # adult men's and women's mean latent masculinity: +-2.0 (sd 1): the genders still overlap
+GENDER_STRENGTH = (0.35, 0.55, 0.8, 0.95, 1.0, 1.0, 1.0, 1.0)
+MASCULINITY_SHIFT = 1.7  # adult men's and women's mean latent masculinity: +-1.7 (sd 1): the genders overlap
+# (2.0 made the jaw of adult men and women separate at their 5th/95th percentiles: too clean to be honest)
 SUPERSAMPLE = 2  # draw at 2x and downsize: cheap antialiasing
 
 # The parts the renderer draws, each with its own mask (``Canvas.trait``) ...
@@ -61,9 +62,9 @@ _SKIN_TONES = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198,
                         [160, 104, 70], [112, 72, 48], [80, 52, 36]], float)
 # A deliberately narrow colour palette: colour alone must not tell identities apart, so the
 # pretrained network has to learn face shape and configuration (where gender lives).
-_SKIN_RANGE = (1.6, 2.8)  # interpolation range into _SKIN_TONES
+_SKIN_RANGE = (1.8, 2.6)  # interpolation range into _SKIN_TONES
 # Hair colours as narrow as skin: with a wide palette the pretraining told people apart by hair colour
-# (a gender-neutral cue) and fc7 read gender less well (probe 0.77 with the wide one, 0.83 with this).
+# (a gender-neutral cue) and fc7 read gender less well (issue 15's note gives the measurements).
 _HAIR_COLOURS = np.array([[30, 24, 20], [45, 33, 24], [60, 42, 30], [75, 52, 34]], float)
 _IRIS_COLOURS = np.array([[60, 40, 20], [100, 70, 40], [60, 110, 170], [80, 120, 80], [40, 30, 25]], float)
 

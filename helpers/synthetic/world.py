@@ -31,7 +31,7 @@ from ..course.fileio import atomic_dir, atomic_path, write_json_atomic
 from .faces import AGE_GROUPS, Person, render_face, sample_nuisance, sample_person
 
 # Bump when the renderer or the training recipe changes: a new version rebuilds cached worlds.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 MIN_IMAGE_SIZE = 32  # five 2x2 poolings need at least 32 px to leave a 1x1 map
 ADIENCE_COLUMNS = ("user_id", "original_image", "face_id", "age", "gender", "x", "y", "dx", "dy",
                    "tilt_ang", "fiducial_yaw_angle", "fiducial_score")
@@ -63,7 +63,7 @@ class SyntheticConfig:
     source_identities: int = 100
     source_images_per_identity: int = 20
     source_heldout_per_identity: int = 2  # of those, kept out of pretraining to measure it
-    target_users: int = 180
+    target_users: int = 240
     persons_per_user: tuple[int, int] = (1, 3)  # inclusive range
     faces_per_person: tuple[int, int] = (3, 8)  # inclusive range
     n_folds: int = 5
