@@ -104,6 +104,26 @@ def test_full_mode_with_missing_assets_exits_nonzero_listing_them(course_env, ca
     assert "VGG_FACE.caffemodel" in err and "helpers.assets fetch" in err and "fold_0_data.txt" in err
 
 
+def test_cell_timeout_follows_the_mode_unless_given(course_env, monkeypatch):
+    """Full mode's cells may run for hours (05's comparison on a T4), quick mode's and SMOKE runs' not."""
+    seen = []
+
+    def fake_execute(path, parameters, output_dir, cell_timeout, **kw):
+        seen.append(cell_timeout)
+        return runner.NotebookResult(path.stem, status="ok")
+
+    monkeypatch.setattr(runner, "execute_notebook", fake_execute)
+    monkeypatch.setattr(paths, "missing_full_assets", lambda: [])
+    opts = dict(only=["02"], output_dir=course_env["out"], notebooks_dir=course_env["nbdir"],
+                prepare_quick=course_env["prepare"])
+    runner.run(mode="quick", **opts)
+    runner.run(mode="full", **opts)
+    runner.run(mode="full", extra_parameters={"SMOKE": True}, **opts)
+    runner.run(mode="full", cell_timeout=60, **opts)
+    assert seen == [runner.CELL_TIMEOUT["quick"], runner.CELL_TIMEOUT["full"], runner.CELL_TIMEOUT_SMOKE, 60]
+    assert runner.CELL_TIMEOUT["full"] >= 3 * 3600 > runner.CELL_TIMEOUT["quick"]
+
+
 def test_list_shows_the_plan_and_the_mode_reason(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv(paths.ENV_HOME, str(tmp_path))
     monkeypatch.delenv(paths.ENV_MODE, raising=False)

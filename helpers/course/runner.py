@@ -269,6 +269,13 @@ def _error_summary(exc: Exception) -> str:
     return text[-1] if text else exc.__class__.__name__
 
 
+# Seconds one cell may run. Full mode's longest cells are 05's comparison (three configurations,
+# "everything" training all 134 M weights) and 06's cross-validation cells, which stop themselves
+# before CV_CELL_LIMIT and resume in the next cell; on a T4 05's is estimated at up to 25 minutes.
+CELL_TIMEOUT = {"quick": 1800, "full": 4 * 3600}
+CELL_TIMEOUT_SMOKE = 1800
+
+
 def prepare_synthetic_world() -> None:
     """Quick mode's assets: the synthetic world (built once) and how strong its story is."""
     from .. import synthetic
@@ -392,7 +399,7 @@ def run(
     keep_going: bool = False,
     output_dir: Path | None = None,
     extra_parameters: dict | None = None,
-    cell_timeout: int = 1800,
+    cell_timeout: int | None = None,
     notebooks_dir: Path | None = None,
     prepare_quick=None,
     colab: ColabSimulation | None = None,
@@ -408,6 +415,8 @@ def run(
 
     plan = make_plan(mode, only, notebooks_dir)
     extra = dict(extra_parameters or {})
+    if cell_timeout is None:  # full mode's long cells (05's comparison, 06's folds) run for hours on a T4
+        cell_timeout = CELL_TIMEOUT_SMOKE if extra.get("SMOKE") else CELL_TIMEOUT[plan.mode]
     if colab is not None:
         requested = mode or "auto"
         print(f"Colab simulated in {colab.root}: a fresh runtime per notebook, "
@@ -548,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
                              "checks in minutes that this machine and its assets work end to end")
     parser.add_argument("--subset", type=float, default=None, metavar="F",
                         help="full mode on a share F of Adience's users (whole users, every fold kept): SUBSET = F")
-    parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds one cell may run")
+    parser.add_argument("--cell-timeout", type=int, default=None,
+                        help=f"seconds one cell may run (default: {CELL_TIMEOUT['quick']} in quick mode and SMOKE runs, "
+                             f"{CELL_TIMEOUT['full']} in full mode)")
     parser.add_argument("--colab", type=Path, metavar="DIR",
                         help="simulate Colab in DIR: each notebook in its own fresh runtime (its Setup cell clones this "
                              "checkout), a stand-in google.colab, one shared Drive folder (DIR/drive)")
