@@ -983,8 +983,11 @@ def drop_optimizer_state(model: keras.Model) -> None:
     """Recompile ``model`` with a fresh Adam at the same rate, so that files saved from it hold
     weights only. Keras writes a built optimizer's state into ``.keras`` AND ``.weights.h5``
     files: Adam's two moments per trainable weight, up to twice the weights (1.2 GB for the
-    full VGG-Face). Call it once a stage is over; the next stage compiles anew anyway."""
-    if model.optimizer is not None and model.optimizer.built:
+    full VGG-Face). Call it once a stage is over; the next stage compiles anew anyway. A model
+    never compiled in this session (every stage was finished before a reconnect) has no
+    optimizer, hence no state: nothing to do."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
         compile_for_stage(model, learning_rate_of(model))
 
 
