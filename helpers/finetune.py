@@ -1284,33 +1284,20 @@ def _caption_color(true: int, predicted: int | None) -> str:
 def show_batch(images, labels, class_names: Sequence[str], probs=None, *, ncols: int = 8, title: str = ""):
     """Faces (RGB 0-255) with their true label; with ``probs``, also the prediction and its
     probability (mistakes in red): fast.ai's ``show_batch`` / ``show_results``."""
-    import matplotlib.pyplot as plt
+    from . import plots
 
     images = np.asarray(images)
     labels = np.asarray(labels).astype(int)
-    n = len(images)
-    if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 1))
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
-        return fig
-    ncols = min(ncols, n)
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.5 * ncols, 1.75 * nrows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, ax in enumerate(axes.ravel()[:n]):
-        ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
+    captions, colors = [], []
+    for i, label in enumerate(labels):
         if probs is None:
-            caption, predicted = f"true {class_names[labels[i]]}", None
+            caption, predicted = f"true {class_names[label]}", None
         else:
             predicted = int(np.argmax(probs[i]))
-            caption = f"{class_names[labels[i]]} → {class_names[predicted]} {float(probs[i][predicted]):.2f}"
-        ax.set_title(caption, fontsize=8, color=_caption_color(labels[i], predicted))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+            caption = f"{class_names[label]} → {class_names[predicted]} {float(probs[i][predicted]):.2f}"
+        captions.append(caption)
+        colors.append(_caption_color(label, predicted))
+    return plots.face_gallery(images, captions, title=title, ncols=ncols, colors=colors)
 
 
 def confident_mistakes(probs, labels, k: int = 8) -> np.ndarray:

@@ -110,8 +110,9 @@ def plot_group_accuracy(table: pd.DataFrame, ax=None, title: str = "", overall: 
     return fig
 
 
-def face_gallery(images: np.ndarray, captions: Sequence[str], title: str = "", ncols: int = 8):
-    """A row (or rows) of faces, RGB 0–255, each with a caption."""
+def face_gallery(images: np.ndarray, captions: Sequence[str], title: str = "", ncols: int = 8,
+                 colors: Sequence[str] | None = None):
+    """A row (or rows) of faces, RGB 0–255, each with a caption (in ``colors``, default black)."""
     n = len(images)
     if n == 0:
         fig, ax = plt.subplots(figsize=(4, 1))
@@ -123,9 +124,10 @@ def face_gallery(images: np.ndarray, captions: Sequence[str], title: str = "", n
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.9 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, img, cap in zip(axes.ravel(), images, captions):
+    colors = ["black"] * n if colors is None else colors
+    for ax, img, cap, color in zip(axes.ravel(), images, captions, colors):
         ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
-        ax.set_title(cap, fontsize=8)
+        ax.set_title(cap, fontsize=8, color=color)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
