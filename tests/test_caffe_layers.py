@@ -20,6 +20,7 @@ import helpers
 from helpers import caffe as cf
 from helpers.caffe import convert, verify
 from helpers.caffe.preprocessing import Preprocessing
+from tests.test_caffe_format import _fld  # hand-encoded protobuf fields, independent of the writer
 from tests.tiny_vgg import write_caffe_files
 
 needs_opencv = pytest.mark.skipif(not verify.opencv_has_caffe(), reason="needs OpenCV with its Caffe importer (4.x)")
@@ -325,18 +326,3 @@ def test_cli_takes_preprocessing_and_input_shape(tmp_path, capsys):
     assert "preprocessing: RGB kept, minus (104, 117, 123), times 0.5" in table
     layer = helpers.load_model(out).get_layer("preprocess")
     assert (layer.channel_order, layer.mean, layer.scale) == ("RGB", (104.0, 117.0, 123.0), 0.5)
-
-
-# Hand-encoded protobuf fields (as in test_caffe_format), for mean files.
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def _fld(number: int, wire: int, payload) -> bytes:
-    key = _varint(number << 3 | wire)
-    return key + (_varint(payload) if wire == 0 else _varint(len(payload)) + payload)
