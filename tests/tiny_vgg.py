@@ -76,14 +76,16 @@ def blob_shapes(net: NetSpec) -> dict[str, list[tuple[int, ...]]]:
     return shapes
 
 
-def random_blobs(net: NetSpec, seed: int = 0) -> list[CaffeLayerBlobs]:
+def random_blobs(net: NetSpec, seed: int = 0, shapes: dict | None = None) -> list[CaffeLayerBlobs]:
     """Seeded He-scaled weights and small non-zero biases for every layer of ``net`` (layers
-    without parameters get ``blobs=[]``, as in a real caffemodel)."""
+    without parameters get ``blobs=[]``, as in a real caffemodel). ``shapes``: each layer's blob
+    shapes (default ``blob_shapes(net)``, the plain conv/pool/fc chain)."""
     rng = np.random.default_rng(seed)
+    shapes = blob_shapes(net) if shapes is None else shapes
     out = []
     for layer in net.layers:
         blobs = []
-        for shape in blob_shapes(net)[layer.name]:
+        for shape in shapes.get(layer.name, []):
             if len(shape) == 1:
                 blobs.append((0.1 * rng.standard_normal(shape)).astype(np.float32))
             else:
@@ -192,18 +194,7 @@ def write_caffe_files(folder, net: NetSpec, *, seed: int = 0, syntax: str = "v2"
     (small non-zero biases), in Caffe's natural blob layouts."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    layers, shapes = [], caffe_blob_shapes(net)
-    for layer in net.layers:
-        blobs = []
-        for shape in shapes.get(layer.name, []):
-            if len(shape) == 1:
-                blobs.append((0.1 * rng.standard_normal(shape)).astype(np.float32))
-            else:
-                fan_in = int(np.prod(shape[1:]))
-                blobs.append((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
-        layers.append(CaffeLayerBlobs(name=layer.name, type=layer.type, blobs=blobs,
-                                      bottoms=list(layer.bottoms), tops=list(layer.tops)))
+    layers = random_blobs(net, seed, shapes=caffe_blob_shapes(net))
     proto = write_prototxt(folder / f"{stem}.prototxt", net, syntax=syntax)
     model = write_caffemodel(folder / f"{stem}.caffemodel", layers, format=format or syntax, name=net.name)
     return proto, model
